@@ -1,0 +1,54 @@
+# saeprobe: `make test` and `make demo` are the whole set-up on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo lint format bench clean browser-deps
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch 2.13.0 first (the CPU wheel on local disk), then the package with its dev extras.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# the paper authors' SAE code, for interop tests; its declared deps pull torchvision and a CUDA torch
+	$(BIN)/pip install -q --no-deps overcomplete==0.3.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian chromium for the browser tests (skipped with a reason when it cannot be installed).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "note: could not install Debian chromium; browser tests will be skipped"; }
+
+test: $(STAMP) browser-deps
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m saeprobe demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/capture.py
+	$(BIN)/python benchmarks/sae_train.py
+	$(BIN)/python benchmarks/realign.py
+	$(BIN)/python benchmarks/analysis.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from saeprobe.cli import main
+
+sys.exit(main())

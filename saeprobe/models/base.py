@@ -1,0 +1,202 @@
+"""Model adapter base class: how saeprobe sees one family of HF models.
+
+An adapter wraps a loaded Hugging Face model plus its processor and knows
+(1) how to load it, (2) how to turn :class:`~saeprobe.Item` objects into a
+padded batch with per-token modality labels, (3) which modules form the
+residual stream (decoder layers and the final norm) and (4) how to run the
+base model without its LM head.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .._types import Item
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedBatch:
+    """A padded model batch plus the labels saeprobe needs.
+
+    Attributes
+    ----------
+    inputs : dict[str, Tensor]
+        Keyword arguments for :meth:`ModelAdapter.forward` (``input_ids``,
+        ``attention_mask``, ``pixel_values``, ...).
+    input_ids : LongTensor [B, T]
+        Token ids; image positions hold the image placeholder id.
+    attention_mask : LongTensor [B, T]
+        1 for real tokens, 0 for padding.
+    modality : Int8Tensor [B, T]
+        :class:`~saeprobe.Modality` per token (undefined where padded).
+    item_ids : list[str]
+        Item id per row.
+    tower : str | None
+        For dual encoders, ``"text"`` or ``"vision"``; ``None`` for MLLMs.
+    """
+
+    inputs: dict[str, Any]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    modality: torch.Tensor
+    item_ids: list[str]
+    tower: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> EncodedBatch:
+        moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.inputs.items()}
+        return EncodedBatch(
+            inputs=moved,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            modality=self.modality.to(device),
+            item_ids=list(self.item_ids),
+            tower=self.tower,
+            extra=dict(self.extra),
+        )
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+class ModelAdapter:
+    """Base class of all model adapters (one subclass per model family).
+
+    Subclasses set :attr:`architectures` (HF ``config.architectures`` names they
+    serve) and implement :meth:`load_model`, :meth:`encode`, :meth:`layers`,
+    :meth:`final_norm` and :meth:`forward`.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The loaded HF model (usually ``...ForConditionalGeneration``).
+    processor : Any
+        Its processor / tokenizer.
+    """
+
+    architectures: ClassVar[tuple[str, ...]] = ()
+    #: towers of a dual encoder ("text", "vision"); ``(None,)`` for MLLMs
+    towers: ClassVar[tuple[str | None, ...]] = (None,)
+    #: True for CLIP-style models whose embedding is their own projection
+    is_dual_encoder: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, processor: Any, name_or_path: str | None = None):
+        self.model = model
+        self.processor = processor
+        self.name_or_path = name_or_path or getattr(model.config, "_name_or_path", None)
+
+    # ----- loading -------------------------------------------------------------------
+    @classmethod
+    def load_model(cls, name_or_path: str, *, dtype: torch.dtype | None, **kwargs) -> nn.Module:
+        """Load the HF model (hub id or local folder)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_processor(cls, name_or_path: str, **kwargs) -> Any:
+        """Load the processor / tokenizer (hub id or local folder)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(name_or_path, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        **kwargs,
+    ) -> ModelAdapter:
+        """Load model and processor and wrap them; the model is put in eval mode."""
+        if isinstance(dtype, str):
+            dtype = resolve_dtype(dtype)
+        model = cls.load_model(name_or_path, dtype=dtype, **kwargs)
+        processor = cls.load_processor(name_or_path)
+        model.eval()
+        if device is not None:
+            model.to(device)
+        return cls(model, processor, name_or_path=name_or_path)
+
+    # ----- inputs --------------------------------------------------------------------
+    def encode(self, items: Sequence[Item], tower: str | None = None) -> EncodedBatch:
+        """Build a padded batch (prompts, image processing, modality labels)."""
+        raise NotImplementedError
+
+    def tower_of(self, item: Item) -> str | None:
+        """Which tower an item goes through (``None`` for MLLMs)."""
+        return None
+
+    # ----- structure -----------------------------------------------------------------
+    def layers(self, tower: str | None = None) -> nn.ModuleList:
+        """The decoder (or encoder) layers whose outputs form the residual stream."""
+        raise NotImplementedError
+
+    def final_norm(self, tower: str | None = None) -> nn.Module | None:
+        """The module whose output is HF's ``hidden_states[-1]`` (None if it is the raw
+        output of the last layer)."""
+        raise NotImplementedError
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers(self.towers[0]))
+
+    @property
+    def d_model(self) -> int:
+        return self.d_model_of(self.towers[0])
+
+    def d_model_of(self, tower: str | None = None) -> int:
+        """Width of the residual stream of a tower."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # ----- running -------------------------------------------------------------------
+    def forward(self, batch: EncodedBatch, **kwargs) -> Any:
+        """Run the base model (no LM head) on a batch; ``kwargs`` go to HF forward
+        (e.g. ``output_hidden_states=True``). Hooks placed by
+        :mod:`saeprobe.hooks` observe (and may stop) this call."""
+        raise NotImplementedError
+
+    def embed(self, batch: EncodedBatch) -> torch.Tensor:
+        """Dual encoders only: the model's own projected embedding [B, D]."""
+        raise NotImplementedError(f"{type(self).__name__} has no native embedding; use pooling")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name_or_path!r})"
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """Parse a dtype name (``"bf16"``, ``"float32"``, ...)."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None

@@ -1,0 +1,75 @@
+"""Registry of model adapters keyed by HF architecture name."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from .base import ModelAdapter
+
+logger = logging.getLogger(__name__)
+
+#: architecture name -> adapter class
+ADAPTERS: dict[str, type[ModelAdapter]] = {}
+
+#: modules that define built-in adapters (imported lazily on first lookup)
+BUILTIN_MODULES: list[str] = []
+
+
+class UnknownArchitectureError(ValueError):
+    """No adapter is registered for a model's architecture."""
+
+
+def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: register an adapter under each of its ``architectures``."""
+    if not cls.architectures:
+        raise ValueError(f"{cls.__name__} declares no architectures")
+    for arch in cls.architectures:
+        ADAPTERS[arch] = cls
+    return cls
+
+
+def _import_builtins() -> None:
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(f"saeprobe.models.{mod}")
+
+
+def adapter_class(architecture: str) -> type[ModelAdapter]:
+    """Adapter class for an HF architecture name (e.g. ``Qwen2VLForConditionalGeneration``)."""
+    _import_builtins()
+    try:
+        return ADAPTERS[architecture]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"no saeprobe adapter for architecture {architecture!r}; known: "
+            f"{', '.join(sorted(ADAPTERS))}. Add one (one file + a registry line, see "
+            "docs/adding-a-model.md)."
+        ) from None
+
+
+def architecture_of(name_or_path: str, **kwargs: Any) -> str:
+    """Read ``config.architectures[0]`` of a hub id or local folder."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise OSError(
+            f"cannot read the config of {name_or_path!r}: {exc}. Pass a local folder with a "
+            "config.json or a Hugging Face hub id that is cached or reachable."
+        ) from exc
+    archs = getattr(config, "architectures", None) or []
+    if not archs:
+        raise UnknownArchitectureError(
+            f"{name_or_path!r} has no 'architectures' entry in its config.json; set it to the "
+            "model class name (e.g. Qwen2VLForConditionalGeneration)."
+        )
+    return archs[0]
+
+
+def load_model(name_or_path: str, *, dtype=None, device=None, **kwargs: Any) -> ModelAdapter:
+    """Load any supported model (hub id or local folder) wrapped in its adapter."""
+    cls = adapter_class(architecture_of(name_or_path))
+    logger.info("loading %s with %s", name_or_path, cls.__name__)
+    return cls.from_pretrained(name_or_path, dtype=dtype, device=device, **kwargs)
