@@ -14,7 +14,18 @@ logger = logging.getLogger(__name__)
 ADAPTERS: dict[str, type[ModelAdapter]] = {}
 
 #: modules that define built-in adapters (imported lazily on first lookup)
-BUILTIN_MODULES: list[str] = []
+BUILTIN_MODULES: list[str] = [
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "llava",
+    "paligemma",
+    "chameleon",
+    "idefics3",
+    "gemma3",
+    "clip",
+    "siglip",
+]
 
 
 class UnknownArchitectureError(ValueError):
@@ -32,7 +43,11 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 
 def _import_builtins() -> None:
     for mod in BUILTIN_MODULES:
-        importlib.import_module(f"saeprobe.models.{mod}")
+        try:
+            importlib.import_module(f"saeprobe.models.{mod}")
+        except ModuleNotFoundError as exc:  # a family module not written yet
+            if exc.name != f"saeprobe.models.{mod}":
+                raise
 
 
 def adapter_class(architecture: str) -> type[ModelAdapter]:

@@ -1,0 +1,1 @@
+"""Tiny random model builders, one module per family."""
