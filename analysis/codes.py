@@ -1,0 +1,134 @@
+"""Sparse SAE codes as (values, indices) pairs: validation, decode, densify, encode in chunks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+
+class Codes(NamedTuple):
+    """Top-k sparse codes.
+
+    Attributes
+    ----------
+    values : Tensor [N, k]
+        Activations (0 for unused slots).
+    indices : Tensor [N, k]
+        Concept ids in ``[0, c)``.
+    """
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+def check_codes(values: torch.Tensor, indices: torch.Tensor, c: int | None = None) -> Codes:
+    """Validate shapes and index range; return ``Codes(values, indices.long())``."""
+    if values.ndim != 2 or indices.shape != values.shape:
+        raise ValueError(
+            f"sparse codes must be values [N, k] and indices [N, k] of the same shape, got "
+            f"{tuple(values.shape)} and {tuple(indices.shape)}; pass SparseCodes from sae.encode_sparse"
+        )
+    indices = indices.long()
+    if c is not None and indices.numel():
+        # padding entries (value 0) may carry any index: point them at concept 0
+        pad = (values == 0) & ((indices < 0) | (indices >= c))
+        if pad.any():
+            indices = torch.where(pad, torch.zeros_like(indices), indices)
+    if c is not None and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= c):
+        raise ValueError(
+            f"code indices must lie in [0, {c}) (the dictionary size), got range "
+            f"[{int(indices.min())}, {int(indices.max())}]; use the SAE that produced the codes"
+        )
+    return Codes(values, indices)
+
+
+def to_dense(values: torch.Tensor, indices: torch.Tensor, c: int) -> torch.Tensor:
+    """Scatter sparse codes into a dense ``[N, c]`` matrix (duplicates are summed)."""
+    out = torch.zeros(values.shape[0], c, dtype=values.dtype, device=values.device)
+    return out.scatter_add_(1, indices.long(), values)
+
+
+def decode(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    dictionary: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sparse decode ``sum_j values[n, j] * dictionary[indices[n, j]] (+ bias)`` -> ``[N, d]``.
+
+    Uses ``embedding_bag`` so no dense ``[N, c]`` matrix is formed.
+    """
+    values = values.to(dictionary.dtype)
+    out = F.embedding_bag(
+        indices.long(), dictionary, per_sample_weights=values, mode="sum"
+    ) if values.shape[1] else torch.zeros(values.shape[0], dictionary.shape[1], dtype=dictionary.dtype)
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out
+
+
+def concept_dots(
+    indices: torch.Tensor, dictionary: torch.Tensor, vectors: torch.Tensor
+) -> torch.Tensor:
+    """``<dictionary[indices[n, j]], vectors[n]>`` -> ``[N, k]`` by gathering rows (no ``D D^T``)."""
+    rows = dictionary[indices.long()]  # [N, k, d]
+    return torch.einsum("nkd,nd->nk", rows, vectors.to(dictionary.dtype))
+
+
+def sae_dictionary(sae: Any) -> torch.Tensor:
+    """The ``[c, d]`` dictionary of an SAE object (``sae.dictionary``), detached."""
+    d = getattr(sae, "dictionary", None)
+    if d is None:
+        raise ValueError("the SAE has no `dictionary` attribute [c, d]; load it with saeprobe.load_sae")
+    return d.detach() if isinstance(d, torch.Tensor) else torch.as_tensor(d)
+
+
+def sae_decoder_bias(sae: Any) -> torch.Tensor | None:
+    """The SAE's decoder bias if it has one (``b_dec``), else ``None``."""
+    for name in ("b_dec", "decoder_bias"):
+        b = getattr(sae, name, None)
+        if isinstance(b, torch.Tensor):
+            return b.detach()
+    return None
+
+
+def sae_d_in(sae: Any) -> int:
+    cfg = getattr(sae, "cfg", None)
+    if cfg is not None and getattr(cfg, "d_in", None) is not None:
+        return int(cfg.d_in)
+    return int(sae_dictionary(sae).shape[1])
+
+
+def check_dim(sae: Any, d: int, what: str) -> None:
+    """Raise a clear error when ``what`` has width ``d`` but the SAE expects another."""
+    d_in = sae_d_in(sae)
+    if d != d_in:
+        raise ValueError(
+            f"{what} have d={d} but the SAE expects d_in={d_in}; use the SAE trained on this "
+            "model/hook point"
+        )
+
+
+def encode_chunks(sae: Any, x: torch.Tensor, chunk_size: int = 4096) -> Iterator[Codes]:
+    """Encode ``x [N, d]`` with ``sae.encode_sparse`` in chunks (no grad)."""
+    check_dim(sae, x.shape[1], "embeddings")
+    dev = next(iter(sae.parameters())).device if hasattr(sae, "parameters") else x.device
+    dt = next(iter(sae.parameters())).dtype if hasattr(sae, "parameters") else x.dtype
+    with torch.no_grad():
+        for s in range(0, x.shape[0], chunk_size):
+            sc = sae.encode_sparse(x[s : s + chunk_size].to(dev, dt))
+            yield Codes(sc.values.detach().float().cpu(), sc.indices.detach().long().cpu())
+
+
+def encode_all(sae: Any, x: torch.Tensor, chunk_size: int = 4096) -> Codes:
+    """Encode ``x [N, d]`` into one ``Codes`` (values float32, indices int64, on CPU)."""
+    parts = list(encode_chunks(sae, x, chunk_size))
+    if not parts:
+        return Codes(torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long))
+    return Codes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))

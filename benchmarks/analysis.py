@@ -1,0 +1,181 @@
+"""Throughput of the concept-analysis steps against a straightforward dense torch version.
+
+Steps: statistics (streaming accumulator over token codes), bridge (scores + top pairs),
+attribution (over matched pairs), ablation sweep (ablate + exhaustive search + Recall@k).
+The dense versions build ``[N, c]`` code matrices and ``M = D D^T`` (skipped when
+``c x c`` would not fit ``--dense-max-gb``). Default run: small sizes, < 2 min on 2 CPU cores;
+the paper scale is ``--c 32768 --d 4096 --k 50 --tokens 1000000 --pairs 100000``.
+
+    python benchmarks/analysis.py [--c 4096 --d 512 --k 32 --tokens 200000 --pairs 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis import (  # noqa: E402
+    ConceptStatsAccumulator,
+    ablate,
+    bridge_scores,
+    retrieval_attribution,
+    top_distractors,
+)
+from analysis.codes import to_dense  # noqa: E402
+from saeprobe.ranking import recall_at_k, topk_search  # noqa: E402
+
+
+def random_codes(n: int, c: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    # zipf-like concept popularity, k distinct-ish indices per row
+    w = 1.0 / torch.arange(1, c + 1, dtype=torch.float32) ** 0.8
+    idx = torch.multinomial(w, n * k, replacement=True, generator=g).view(n, k)
+    return torch.rand(n, k, generator=g), idx
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--c", type=int, default=4096)
+    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=8192, help="tokens per accumulator update")
+    ap.add_argument("--pairs", type=int, default=10_000)
+    ap.add_argument("--n-ablate", type=int, default=16)
+    ap.add_argument("--dense-max-gb", type=float, default=2.0)
+    ap.add_argument("--no-dense", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    g = torch.Generator().manual_seed(0)
+    c, d, k = a.c, a.d, a.k
+    D = torch.randn(c, d, generator=g)
+    D = D / D.norm(dim=1, keepdim=True)
+    dense_ok = not a.no_dense and (c * c * 8) / 2**30 <= a.dense_max_gb
+    dense_codes_ok = not a.no_dense and (a.batch * c * 8) / 2**30 <= a.dense_max_gb
+    print(f"c={c} d={d} k={k} tokens={a.tokens:,} pairs={a.pairs:,} threads={torch.get_num_threads()}")
+    rows = []
+
+    # ---- statistics
+    batches = []
+    for s in range(0, a.tokens, a.batch):
+        n = min(a.batch, a.tokens - s)
+        v, i = random_codes(n, c, k, g)
+        batches.append((v, i, torch.randint(0, 4, (n,), generator=g)))
+
+    def sparse_stats():
+        acc = ConceptStatsAccumulator(c)
+        for v, i, m in batches:
+            acc.update(v, i, m)
+        return acc.result()
+
+    def dense_stats():
+        sums = torch.zeros(4, c, dtype=torch.float64)
+        nnz = torch.zeros(4, c, dtype=torch.float64)
+        for v, i, m in batches:
+            z = to_dense(v, i, c).double()
+            onehot = torch.nn.functional.one_hot(m.long(), 4).double()
+            sums += onehot.T @ z
+            nnz += onehot.T @ (z != 0).double()
+        return sums.sum(0) / a.tokens
+
+    st, ts = timed(sparse_stats)
+    td = None
+    if dense_codes_ok:
+        ref, td = timed(dense_stats)
+        assert torch.allclose(st.energy, ref, atol=1e-6)
+    rows.append(("stats", ts, td, a.tokens, "tokens"))
+
+    # ---- bridge
+    img = random_codes(a.pairs, c, k, g)
+    txt = random_codes(a.pairs, c, k, g)
+    br, ts = timed(lambda: bridge_scores(img, txt, D, n_candidates=min(c, 1024)))
+    td = None
+    if dense_ok:
+        def dense_bridge():
+            M = D.double() @ D.double().T
+            out = torch.zeros(c, c, dtype=torch.float64)
+            for s in range(0, a.pairs, 4096):
+                zi = to_dense(img[0][s : s + 4096], img[1][s : s + 4096], c).double()
+                zt = to_dense(txt[0][s : s + 4096], txt[1][s : s + 4096], c).double()
+                out += zi.T @ zt
+            B = out / a.pairs * M
+            return B.sum(1) + B.sum(0)
+
+        ref, td = timed(dense_bridge)
+        assert torch.allclose(br.score, ref, atol=1e-4)
+    rows.append(("bridge", ts, td, a.pairs, "pairs"))
+
+    # ---- attribution
+    at, ts = timed(lambda: retrieval_attribution(txt, img, D, normalize=False))
+    td = None
+    if dense_ok:
+        def dense_attr():
+            M = D @ D.T
+            out = torch.zeros(c, dtype=torch.float64)
+            for s in range(0, a.pairs, 4096):
+                zq = to_dense(txt[0][s : s + 4096], txt[1][s : s + 4096], c)
+                zc = to_dense(img[0][s : s + 4096], img[1][s : s + 4096], c)
+                out += (zq * (zc @ M) + zc * (zq @ M)).double().sum(0)
+            return out / a.pairs
+
+        ref, td = timed(dense_attr)
+        assert torch.allclose(at.attribution, ref, atol=1e-3)
+    rows.append(("attribution", ts, td, a.pairs, "pairs"))
+
+    # ---- ablation sweep (subtract) with exhaustive search + Recall@k
+    from analysis.codes import decode
+
+    xq = decode(*txt, D) + 0.05 * torch.randn(a.pairs, d, generator=g)
+    xc = decode(*img, D) + 0.05 * torch.randn(a.pairs, d, generator=g)
+    rank = top_distractors(at.attribution, a.n_ablate)
+    steps = [0, 1, 2, 4, 8, a.n_ablate]
+    rel = [{q} for q in range(a.pairs)]
+
+    def sweep(op):
+        out = []
+        for n in steps:
+            q, cand = op(xq, txt, rank[:n]), op(xc, img, rank[:n])
+            out.append(recall_at_k(topk_search(q, cand, 10).indices, rel, (1, 5, 10))[1])
+        return out
+
+    def sparse_op(x, codes, S):
+        return ablate(x, codes, D, S, "subtract")
+
+    def dense_op(x, codes, S):
+        out = x.clone()
+        for s in range(0, x.shape[0], 4096):
+            z = to_dense(codes[0][s : s + 4096], codes[1][s : s + 4096], c)
+            mask = torch.zeros(c)
+            mask[S] = 1
+            out[s : s + 4096] -= (z * mask) @ D
+        return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    r_s, ts = timed(lambda: sweep(sparse_op))
+    td = None
+    if dense_codes_ok:
+        r_d, td = timed(lambda: sweep(dense_op))
+        assert max(abs(x - y) for x, y in zip(r_s, r_d)) < 0.01
+    rows.append((f"ablation sweep ({len(steps)} steps)", ts, td, a.pairs, "pairs"))
+
+    print(f"{'step':28s} {'sparse s':>9s} {'dense s':>9s} {'ratio':>7s}  throughput (sparse)")
+    for name, ts, td, n, unit in rows:
+        dd = f"{td:9.3f}" if td is not None else f"{'skipped':>9s}"
+        ratio = f"{td / ts:6.1f}x" if td is not None else f"{'-':>7s}"
+        print(f"{name:28s} {ts:9.3f} {dd} {ratio}  {n / ts:,.0f} {unit}/s")
+
+
+if __name__ == "__main__":
+    main()

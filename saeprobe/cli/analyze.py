@@ -1,0 +1,184 @@
+"""``saeprobe analyze``: concept analysis of an SAE on an activation store (and matched pairs)
+-> ``report.html`` (self-contained), ``features.parquet`` / ``features.csv``, ``summary.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "analyze",
+        help="concept statistics, tags, bridge, attribution, distractors -> HTML report",
+        description=(
+            "Analyse the concepts of an SAE: statistics from an activation store, bridge scores, "
+            "retrieval attribution and an ablation sweep from matched image-text pairs. Writes "
+            "OUT/report.html (works offline), OUT/features.parquet, OUT/features.csv and "
+            "OUT/summary.json. See docs/analysis.md."
+        ),
+    )
+    p.add_argument("--sae", required=True, help="SAE folder or file (anything saeprobe.load_sae reads)")
+    p.add_argument("--activations", help="activation store folder (per-token codes for the statistics)")
+    p.add_argument(
+        "--pairs",
+        help="matched pairs .safetensors with image_emb [P, d] and text_emb [P, d] (docs/analysis.md)",
+    )
+    p.add_argument(
+        "--data",
+        help="data source of the store's items (for feature-card texts and thumbnails): anything "
+        "saeprobe.data.open_source reads, or a .jsonl with id/text/image(path) per line",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=4096, help="tokens per store batch")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop the statistics pass early")
+    p.add_argument("--modality-level", choices=("input", "token"), default="input",
+                   help="tau/iota = text/image inputs (paper) or TEXT/IMAGE tokens")
+    p.add_argument("--include-system", action="store_true", help="keep SYSTEM tokens in the statistics")
+    p.add_argument("--convention", choices=("text", "image"), default="text",
+                   help="modality score convention: 'text' = 1 means textual (paper), 'image' = 1 means visual")
+    p.add_argument("--textual-threshold", type=float, default=0.9, help="score > this: textual")
+    p.add_argument("--visual-threshold", type=float, default=0.1, help="score < this: visual")
+    p.add_argument("--bridge-mass", type=float, default=0.5,
+                   help="bridge concepts: top concepts carrying this share of the bridge score")
+    p.add_argument("--n-distractors", type=int, default=16, help="concepts flagged as distractors")
+    p.add_argument("--ablation-method", choices=("subtract", "zero", "project"), default="subtract")
+    p.add_argument("--ablation-steps", type=_ints, default=None, help="e.g. 0,1,2,4,8,16")
+    p.add_argument("--ks", type=_ints, default=[1, 5, 10], help="Recall@k cut-offs, e.g. 1,5,10")
+    p.add_argument("--query-side", choices=("text", "image"), default="text",
+                   help="ablation sweep direction: text queries rank images (t->i) or the reverse")
+    p.add_argument("--n-candidates", type=int, default=1024, help="bridge top-pair candidate block")
+    p.add_argument("--top-m", type=int, default=5, help="top-activating inputs per concept")
+    p.add_argument("--layer-sweep", help='JSON {"x": [...], "recall": {k: [...]}} of Recall@k vs layer')
+    p.add_argument("--alpha-sweep", help="JSON of Recall@k vs whitening alpha (same format)")
+    p.add_argument("--device", default="cpu", help="device for the SAE encoder")
+    p.add_argument("--title", default="saeprobe concept analysis")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def _jsonl_items(path: Path):
+    from saeprobe._types import Item
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def lookup(index: int):
+        if not 0 <= index < len(rows):
+            return None
+        r = rows[index]
+        img = None
+        if r.get("image"):
+            from PIL import Image
+
+            ip = Path(r["image"])
+            ip = ip if ip.is_absolute() else path.parent / ip
+            img = Image.open(ip).convert("RGB")
+        return Item(str(r.get("id", index)), r.get("text"), img)
+
+    return lookup
+
+
+def _items(spec: str | None):
+    if not spec:
+        return None
+    path = Path(spec)
+    if path.suffix == ".jsonl":
+        if not path.exists():
+            raise FileNotFoundError(f"--data {spec} does not exist")
+        return _jsonl_items(path)
+    from saeprobe.data import open_source
+
+    source = open_source(spec)
+
+    def lookup(index: int):
+        try:
+            return source.item(index)
+        except (IndexError, KeyError):
+            return None
+
+    return lookup
+
+
+def run(args: argparse.Namespace) -> int:
+    from analysis import AnalysisConfig, TagConfig, analyze, load_pairs, write_features, write_summary
+    from analysis.figures import load_sweep
+    from analysis.report import write_report
+    from saeprobe.cli import CLIError
+    from saeprobe.sae import load_sae
+
+    if not args.activations and not args.pairs:
+        raise CLIError("nothing to analyse: pass --activations STORE and/or --pairs PAIRS")
+    sweeps = {}
+    for name in ("layer_sweep", "alpha_sweep"):
+        spec = getattr(args, name)
+        if spec:
+            try:
+                load_sweep(spec)
+            except (ValueError, json.JSONDecodeError, FileNotFoundError) as exc:
+                raise CLIError(f"--{name.replace('_', '-')}: {exc}") from exc
+            sweeps[name] = spec
+    cfg = AnalysisConfig(
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        modality_level=args.modality_level,
+        exclude_system=not args.include_system,
+        convention=args.convention,
+        tags=TagConfig(args.textual_threshold, args.visual_threshold, args.bridge_mass),
+        top_m=args.top_m,
+        n_candidates=args.n_candidates,
+        n_distractors=args.n_distractors,
+        ablation_method=args.ablation_method,
+        ablation_steps=args.ablation_steps,
+        ks=tuple(args.ks),
+        query_side=args.query_side,
+        device=args.device,
+    )
+    sae = load_sae(args.sae, device=args.device)
+    store = None
+    meta = {"sae": str(args.sae)}
+    if args.activations:
+        from saeprobe.store import ActivationStore
+
+        store = ActivationStore(args.activations)
+        meta["activations"] = str(args.activations)
+        for k in ("model", "hook_point"):
+            if k in store.metadata:
+                meta[k] = store.metadata[k]
+    pairs = load_pairs(args.pairs) if args.pairs else None
+    if pairs is not None:
+        meta["pairs"] = str(args.pairs)
+    items = _items(args.data)
+    result = analyze(sae, store=store, pairs=pairs, cfg=cfg, progress=not args.no_progress)
+    result.meta.update(meta)
+    out = Path(args.out)
+    pq_path, csv_path = write_features(result, out)
+    write_summary(result, out)
+    report = write_report(
+        result, out, items=items, layer_sweep=sweeps.get("layer_sweep"),
+        alpha_sweep=sweeps.get("alpha_sweep"), title=args.title,
+    )
+    share = result.tag_share
+    print(
+        f"{result.c} concepts; energy share: textual {100 * share['textual']:.1f}%, visual "
+        f"{100 * share['visual']:.1f}%, bimodal {100 * share['bimodal']:.1f}% "
+        f"(modality score: 1 = {'textual' if cfg.convention == 'text' else 'visual'})"
+    )
+    if result.sweep is not None:
+        for k, v in result.sweep.recall.items():
+            print(f"Recall@{k} ablating 0..{result.sweep.n_ablated[-1]} distractors: "
+                  + " ".join(f"{x:.3f}" for x in v))
+    print(f"report: {report}")
+    print(f"features: {pq_path} {csv_path}")
+    return 0

@@ -1,0 +1,133 @@
+"""Data sources yielding :class:`~saeprobe.Item` in a deterministic, shardable order.
+
+``open_source(path_or_spec, **kw)`` picks the source from the path:
+
+- ``*.parquet`` file, a glob, or a folder of parquet files: :class:`CocoCaptionSource`
+- a folder with images (and ``captions.csv`` / ``captions.jsonl``): :class:`ImageFolderSource`
+- an M-BEIR folder: ``saeprobe.data.mbeir`` (``from saeprobe.data.mbeir import ...``)
+
+A ``"coco:"`` / ``"folder:"`` / ``"mbeir:"`` prefix, or a dict
+``{"type": ..., "path": ..., **options}``, forces the type.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import MODES, DataSource, Entry, ImageCaptionSource, Pair, decode_image
+from .coco import CocoCaptionSource
+from .folder import IMAGE_EXTENSIONS, ImageFolderSource
+
+_TYPES = ("coco", "folder", "mbeir")
+# entry points tried, in order, in saeprobe.data.mbeir
+_MBEIR_ENTRY_POINTS = ("open_mbeir", "MBEIRSource", "MbeirSource")
+
+
+def _open_mbeir(path: str, **kw: Any):
+    try:
+        mod = importlib.import_module("saeprobe.data.mbeir")
+    except ModuleNotFoundError as exc:
+        if exc.name != "saeprobe.data.mbeir":
+            raise
+        raise ValueError(
+            f"{path} looks like M-BEIR data but saeprobe.data.mbeir is not available"
+        ) from None
+    for name in _MBEIR_ENTRY_POINTS:
+        fn = getattr(mod, name, None)
+        if fn is not None:
+            return fn(path, **kw)
+    raise ValueError(f"saeprobe.data.mbeir has none of {list(_MBEIR_ENTRY_POINTS)}")
+
+
+def _looks_like_mbeir(p: Path) -> bool:
+    if p.is_file():
+        return p.suffix == ".jsonl" and "mbeir" in p.name.lower()
+    names = {c.name for c in p.iterdir()} if p.is_dir() else set()
+    if {"query", "cand_pool"} & names:
+        return True
+    return any(n.startswith("mbeir_") and n.endswith(".jsonl") for n in names)
+
+
+def detect_type(path: str | os.PathLike) -> str:
+    """``"coco"``, ``"folder"`` or ``"mbeir"`` for a path (see module docs)."""
+    text = str(path)
+    for t in _TYPES:
+        if text.startswith(t + ":"):
+            return t
+    if any(ch in text for ch in "*?["):
+        return "coco"
+    p = Path(text)
+    if not p.exists():
+        raise FileNotFoundError(f"data path {text} does not exist")
+    if p.is_file():
+        if p.suffix == ".parquet":
+            return "coco"
+        if _looks_like_mbeir(p):
+            return "mbeir"
+        raise ValueError(
+            f"cannot tell the data type of {text}: expected a .parquet file or glob "
+            "(COCO-Caption), an image folder, or an M-BEIR folder; prefix it with coco:, "
+            "folder: or mbeir:"
+        )
+    if _looks_like_mbeir(p):
+        return "mbeir"
+    if (p / "captions.csv").is_file() or (p / "captions.jsonl").is_file():
+        return "folder"
+    if next(p.rglob("*.parquet"), None) is not None:
+        return "coco"
+    if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in p.rglob("*") if f.is_file()):
+        return "folder"
+    raise ValueError(
+        f"{text} holds no parquet files, images or M-BEIR data; "
+        "point at a COCO-Caption parquet folder, an image folder or an M-BEIR folder"
+    )
+
+
+def open_source(path_or_spec: str | os.PathLike | dict, **kw: Any):
+    """Open a data source by path (type detected) or spec dict.
+
+    Parameters
+    ----------
+    path_or_spec : str | Path | dict
+        A path (optionally ``"coco:..."``, ``"folder:..."``, ``"mbeir:..."``) or
+        ``{"type": "coco", "path": ..., **options}`` (a source's ``spec`` round-trips).
+    **kw
+        Source options (``mode``, ``limit``, ``rank``, ``world_size``, ``split``, ...).
+    """
+    if isinstance(path_or_spec, dict):
+        spec = dict(path_or_spec)
+        if "path" not in spec:
+            raise ValueError(f"data spec {path_or_spec} has no 'path'")
+        path = str(spec.pop("path"))
+        kind = spec.pop("type", None) or detect_type(path)
+        spec.pop("files", None)  # derived key of CocoCaptionSource.spec
+        kw = {**spec, **kw}
+    else:
+        path = str(path_or_spec)
+        kind = detect_type(path)
+    if path.startswith(kind + ":"):
+        path = path[len(kind) + 1 :]
+    if kind == "coco":
+        return CocoCaptionSource(path, **kw)
+    if kind == "folder":
+        return ImageFolderSource(path, **kw)
+    if kind == "mbeir":
+        return _open_mbeir(path, **kw)
+    raise ValueError(f"unknown data type {kind!r}; use one of {list(_TYPES)}")
+
+
+__all__ = [
+    "MODES",
+    "CocoCaptionSource",
+    "DataSource",
+    "Entry",
+    "ImageCaptionSource",
+    "ImageFolderSource",
+    "Pair",
+    "decode_image",
+    "detect_type",
+    "open_source",
+]

@@ -1,0 +1,41 @@
+"""Sparse autoencoders: architectures (registry), sparse kernels and checkpoint io.
+
+``sae.encode(x) -> [N, c]``, ``sae.encode_sparse(x) -> SparseCodes(values, indices)``,
+``sae.decode(z)``, ``sae.decode_sparse(values, indices)``, ``sae(x) -> x_hat``,
+``sae.dictionary -> [c, d]``, ``sae.cfg`` (:class:`SAEConfig`), ``sae.save(dir)``,
+``load_sae(path | "hf://owner/repo/...")``, ``sae.training_forward(x, ...)``.
+"""
+
+from __future__ import annotations
+
+from . import kernels
+from .base import SAE, SparseCodes, TrainForward, geometric_median
+from .batchtopk import BatchTopKSAE
+from .config import ARCHS, SAEConfig
+from .io import check_d_in, load_sae, sae_from_overcomplete_state, save_sae
+from .jumprelu import JumpReLUSAE
+from .registry import SAE_REGISTRY, available_archs, create_sae, register_sae
+from .standard import StandardSAE
+from .topk import TopKSAE
+
+__all__ = [
+    "ARCHS",
+    "SAE",
+    "SAE_REGISTRY",
+    "BatchTopKSAE",
+    "JumpReLUSAE",
+    "SAEConfig",
+    "SparseCodes",
+    "StandardSAE",
+    "TopKSAE",
+    "TrainForward",
+    "available_archs",
+    "check_d_in",
+    "create_sae",
+    "geometric_median",
+    "kernels",
+    "load_sae",
+    "register_sae",
+    "sae_from_overcomplete_state",
+    "save_sae",
+]

@@ -1,0 +1,74 @@
+"""BatchTopK SAE (Bussmann et al. 2024): top ``k * B`` activations over the whole batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import SAE, TrainForward, sparsify
+from .config import SAEConfig
+from .registry import register_sae
+
+
+@register_sae("batchtopk")
+class BatchTopKSAE(SAE):
+    """BatchTopK: training keeps the ``k * B`` largest ReLU'd pre-activations of the batch and
+    tracks a global threshold (EMA of the smallest kept value, rate
+    ``cfg.batchtopk_threshold_lr``). Inference is a JumpReLU with that scalar threshold
+    (``relu(pre) * [pre > threshold]``; batch top-k while the threshold is still 0), which is
+    how it is exported to sae-lens (``jumprelu``). ``encode_sparse`` pads each row's nonzeros to
+    the batch maximum. Training runs the dense path (``fast`` is accepted and ignored).
+    """
+
+    arch = "batchtopk"
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+
+    def _batch_topk(self, pre: Tensor) -> Tensor:
+        acts = pre.relu()
+        n = min(int(self.cfg.k * acts.shape[0]), acts.numel())
+        flat = acts.flatten()
+        top = flat.topk(n, sorted=False)
+        return torch.zeros_like(flat).scatter(0, top.indices, top.values).reshape(acts.shape)
+
+    def _encode_dense(self, x: Tensor) -> Tensor:
+        pre = self.pre_acts(x).to(self.W_enc.dtype)
+        if float(self.threshold) <= 0:
+            return self._batch_topk(pre)
+        return pre.relu() * (pre > self.threshold.to(pre.dtype)).to(pre.dtype)
+
+    def _encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return sparsify(self._encode_dense(x), None)
+
+    def training_forward(
+        self,
+        x: Tensor,
+        *,
+        l1_coeff: float = 0.0,
+        auxk_coeff: float = 0.0,
+        k_aux: int | None = None,
+        dead_mask: Tensor | None = None,
+        fast: bool = True,
+    ) -> TrainForward:
+        """``mse + l1_coeff * l1 + auxk_coeff * auxk`` with batch top-k codes; updates the
+        inference threshold."""
+        x = self._flat(x).to(self.W_enc.dtype)
+        sae_in = self._sae_in(x)
+        pre = self.pre_acts(x).to(self.W_enc.dtype)
+        z = self._batch_topk(pre)
+        with torch.no_grad():
+            pos = z[z > 0]
+            if pos.numel():
+                lr = self.cfg.batchtopk_threshold_lr
+                self.threshold.mul_(1 - lr).add_(lr * pos.min().double())
+        x_hat = self.decode(z)
+        terms = self._terms(x, x_hat, z.sum(), (z > 0).sum())
+        loss = terms["mse"] + l1_coeff * terms["l1"] if l1_coeff else terms["mse"]
+        terms["auxk"] = x_hat.new_zeros(())
+        if auxk_coeff and dead_mask is not None:
+            terms["auxk"] = self._auxk(x, x_hat, dead_mask, k_aux, False, sae_in)
+            loss = loss + auxk_coeff * terms["auxk"]
+        v, i = sparsify(z, None)
+        return TrainForward(loss, x_hat, v, i, terms)

@@ -1,0 +1,130 @@
+"""``SAEConfig``: the typed, JSON round-tripping description of one SAE."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+ARCHS = ("topk", "batchtopk", "jumprelu", "standard")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_DTYPE_ALIASES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def canonical_dtype(name: str | torch.dtype) -> str:
+    """Canonical dtype name (``"float32"``, ``"bfloat16"``, ...) of a name or ``torch.dtype``."""
+    if isinstance(name, torch.dtype):
+        name = str(name).removeprefix("torch.")
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}")
+    return name
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    """The ``torch.dtype`` of a dtype name."""
+    return _DTYPES[canonical_dtype(name)]
+
+
+@dataclass
+class SAEConfig:
+    """Configuration of a sparse autoencoder.
+
+    Attributes
+    ----------
+    arch : str
+        ``topk`` (the paper's), ``batchtopk``, ``jumprelu`` or ``standard`` (ReLU + L1).
+    d_in : int
+        Input (residual stream) width ``d``.
+    d_sae : int
+        Number of latents ``c``.
+    k : int | None
+        Active latents per row (``topk``), mean active latents per row (``batchtopk``);
+        for ``jumprelu`` / ``standard`` an optional cap for ``encode_sparse`` (``k_max``).
+    dtype : str
+        Parameter dtype (``float32`` master weights are the default).
+    use_decoder_bias : bool
+        Learn a decoder bias ``b_dec`` added to reconstructions.
+    use_pre_encoder_bias : bool
+        Subtract ``b_dec`` from the input before encoding (sae-lens ``apply_b_dec_to_input``;
+        needs ``use_decoder_bias``).
+    jumprelu_threshold_init, jumprelu_bandwidth : float
+        JumpReLU threshold initial value and straight-through-estimator kernel bandwidth.
+    l1_coeff : float
+        Sparsity coefficient used in training (the paper's Top-K: 0.01 * mean |z|); recorded
+        here, passed by the trainer to ``training_forward``.
+    l1_scale_by_decoder_norm : bool
+        ``standard`` only: weight ``|z_i|`` by ``||W_dec[i]||`` in the L1 term.
+    batchtopk_threshold_lr : float
+        EMA rate of the BatchTopK inference threshold.
+    metadata : dict
+        Free-form: ``model_name``, ``hook_point`` / ``hook_name``, ``dataset``, ...
+    """
+
+    arch: str = "topk"
+    d_in: int = 0
+    d_sae: int = 0
+    k: int | None = 50
+    dtype: str = "float32"
+    use_decoder_bias: bool = False
+    use_pre_encoder_bias: bool = False
+    jumprelu_threshold_init: float = 0.001
+    jumprelu_bandwidth: float = 0.001
+    l1_coeff: float = 0.01
+    l1_scale_by_decoder_norm: bool = False
+    batchtopk_threshold_lr: float = 0.01
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown SAE arch {self.arch!r}; use one of {', '.join(ARCHS)}")
+        if int(self.d_in) <= 0 or int(self.d_sae) <= 0:
+            raise ValueError(
+                f"d_in and d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})"
+            )
+        self.d_in, self.d_sae = int(self.d_in), int(self.d_sae)
+        if self.arch in ("topk", "batchtopk"):
+            if self.k is None or not 0 < int(self.k) <= self.d_sae:
+                raise ValueError(
+                    f"{self.arch} needs 0 < k <= d_sae (got k={self.k}, d_sae={self.d_sae})"
+                )
+        if self.k is not None:
+            self.k = int(self.k)
+        self.dtype = canonical_dtype(self.dtype)
+        if self.use_pre_encoder_bias and not self.use_decoder_bias:
+            raise ValueError(
+                "use_pre_encoder_bias subtracts the decoder bias b_dec: set use_decoder_bias=True too"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch_dtype(self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            logger.warning("SAEConfig: ignoring unknown fields %s", ", ".join(unknown))
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SAEConfig:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,397 @@
+"""SAE checkpoints: the sae-lens disk layout, the paper authors' torch files, ``hf://`` refs.
+
+Layout written by :func:`save_sae` (readable by ``sae_lens.SAE.load_from_disk``)::
+
+    dir/cfg.json                  sae-lens config (architecture, d_in, d_sae, k, ...) plus
+                                  "saeprobe": our SAEConfig (arch, biases, metadata)
+    dir/sae_weights.safetensors   W_enc [d, c], W_dec [c, d], b_enc [c], b_dec [d]
+                                  (+ threshold [c] for jumprelu / batchtopk)
+
+BatchTopK is exported as sae-lens ``jumprelu`` with its scalar threshold broadcast to ``[c]``.
+Without a decoder bias ``b_dec`` is saved as zeros (sae-lens always has one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .base import SAE
+from .config import SAEConfig, canonical_dtype
+from .registry import create_sae
+
+logger = logging.getLogger(__name__)
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+SAE_LENS_VERSION = "6.54.12"
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+PAPER_DEFAULT_K = 50
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sae_lens_cfg(sae: SAE) -> dict[str, Any]:
+    """The sae-lens ``cfg.json`` dict of ``sae``."""
+    cfg = sae.cfg
+    arch = "jumprelu" if cfg.arch == "batchtopk" else cfg.arch
+    meta = {"sae_lens_version": SAE_LENS_VERSION, "sae_lens_training_version": SAE_LENS_VERSION}
+    meta.update(cfg.metadata)
+    if "hook_point" in cfg.metadata and "hook_name" not in cfg.metadata:
+        meta["hook_name"] = cfg.metadata["hook_point"]
+    out: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": cfg.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": bool(cfg.use_pre_encoder_bias),
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": meta,
+        "saeprobe": cfg.to_dict(),
+    }
+    if arch == "topk":
+        out["k"] = cfg.k
+        out["rescale_acts_by_decoder_norm"] = False
+    return out
+
+
+def sae_lens_state_dict(sae: SAE) -> dict[str, torch.Tensor]:
+    """Weights in sae-lens names and shapes (``W_enc`` is ``[d, c]``)."""
+    sd = {
+        "W_enc": sae.W_enc.detach().t().contiguous(),
+        "W_dec": sae.W_dec.detach().contiguous(),
+        "b_enc": sae.b_enc.detach().contiguous(),
+        "b_dec": (
+            sae.b_dec.detach().contiguous()
+            if sae.b_dec is not None
+            else torch.zeros(sae.cfg.d_in, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
+        ),
+    }
+    if sae.cfg.arch == "jumprelu":
+        sd["threshold"] = sae.threshold.detach().contiguous()
+    elif sae.cfg.arch == "batchtopk":
+        sd["threshold"] = torch.full_like(sae.b_enc.detach(), float(sae.threshold))
+    return {k: v.cpu() for k, v in sd.items()}
+
+
+def save_sae(sae: SAE, path: str | Path) -> Path:
+    """Write ``sae`` to the directory ``path`` (created) in the sae-lens layout; atomic per file."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sd = sae_lens_state_dict(sae)
+    _atomic_write_bytes(path / WEIGHTS_FILENAME, lambda tmp: save_file(sd, tmp))
+    text = json.dumps(sae_lens_cfg(sae), indent=2)
+
+    def write_cfg(tmp: str) -> None:
+        Path(tmp).write_text(text)
+
+    _atomic_write_bytes(path / CFG_FILENAME, write_cfg)
+    logger.info("saved %s SAE (d_in=%d, d_sae=%d) to %s", sae.cfg.arch, sae.d_in, sae.d_sae, path)
+    return path
+
+
+# ---------------------------------------------------------------------------- loading
+def load_sae(
+    path: str | Path,
+    *,
+    k: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    cache_dir: str | Path | None = None,
+    revision: str | None = None,
+) -> SAE:
+    """Load an SAE from a directory, a file or a Hugging Face reference.
+
+    Parameters
+    ----------
+    path : str | Path
+        * a directory in the sae-lens layout (``cfg.json`` + ``sae_weights.safetensors``),
+          written by :func:`save_sae` or by sae-lens (``topk``, ``jumprelu``, ``standard``);
+        * a torch file of the paper authors (``{"model_state", "optimizer_state", "logs"}`` of
+          overcomplete's ``TopKSAE``) or a bare state dict of it, loaded with
+          ``weights_only=True``; or a directory holding exactly one such file;
+        * ``hf://owner/repo[/file-or-folder]``, fetched through ``huggingface_hub`` (its cache,
+          ``HF_HUB_OFFLINE`` honoured) and then loaded as above.
+    k : int | None
+        Top-K for the paper checkpoints (default 50); overrides ``k`` of other layouts.
+    device, dtype
+        Where / in which dtype to put the parameters (default: the checkpoint's dtype).
+    cache_dir, revision
+        Passed to ``huggingface_hub`` for ``hf://`` references.
+    """
+    if isinstance(path, str) and path.startswith("hf://"):
+        path = fetch_hf(path, cache_dir=cache_dir, revision=revision)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no SAE checkpoint at {path}: pass a directory or a file")
+    if path.is_file() and path.name in (CFG_FILENAME, WEIGHTS_FILENAME):
+        path = path.parent
+    if path.is_dir():
+        if (path / CFG_FILENAME).is_file() and (path / WEIGHTS_FILENAME).is_file():
+            sae = _load_sae_lens_dir(path, k)
+        else:
+            candidates = sorted(p for p in path.iterdir() if p.suffix in TORCH_SUFFIXES)
+            if len(candidates) != 1:
+                found = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+                raise ValueError(
+                    f"{path} is not an SAE checkpoint: expected {CFG_FILENAME} + {WEIGHTS_FILENAME} "
+                    f"(sae-lens layout) or one torch file ({'/'.join(TORCH_SUFFIXES)}); found: {found}"
+                )
+            sae = _load_torch_file(candidates[0], k)
+    elif path.suffix == ".safetensors":
+        raise ValueError(
+            f"{path}: a bare .safetensors file has no config; pass its folder, which needs "
+            f"{CFG_FILENAME} next to {WEIGHTS_FILENAME}"
+        )
+    else:
+        sae = _load_torch_file(path, k)
+    if dtype is not None:
+        sae.cfg.dtype = canonical_dtype(dtype)
+        sae = sae.to(dtype=sae.cfg.torch_dtype)
+    return sae.to(device)
+
+
+def fetch_hf(ref: str, *, cache_dir: str | Path | None = None, revision: str | None = None) -> Path:
+    """Resolve ``hf://owner/repo[/sub/path]`` to a local path through the HF cache."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    parts = ref.removeprefix("hf://").strip("/").split("/")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise ValueError(
+            f"bad Hugging Face reference {ref!r}: use hf://owner/repo[/file-or-folder]"
+        )
+    repo_id, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    cache = str(cache_dir) if cache_dir is not None else None
+    if sub and Path(sub).suffix in (*TORCH_SUFFIXES, ".safetensors", ".json"):
+        local = Path(
+            hf_hub_download(repo_id, sub, cache_dir=cache, revision=revision, repo_type="model")
+        )
+        if local.name in (CFG_FILENAME, WEIGHTS_FILENAME):
+            for name in (CFG_FILENAME, WEIGHTS_FILENAME):
+                sib = str(Path(sub).parent / name) if Path(sub).parent != Path(".") else name
+                hf_hub_download(repo_id, sib, cache_dir=cache, revision=revision)
+            return local.parent
+        return local
+    patterns = [f"{sub}/*"] if sub else None
+    root = Path(
+        snapshot_download(repo_id, cache_dir=cache, revision=revision, allow_patterns=patterns)
+    )
+    return root / sub if sub else root
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+
+
+def _load_sae_lens_dir(path: Path, k: int | None) -> SAE:
+    raw = json.loads((path / CFG_FILENAME).read_text())
+    sd = _read_safetensors(path / WEIGHTS_FILENAME)
+    missing = [n for n in ("W_enc", "W_dec", "b_enc") if n not in sd]
+    if missing:
+        raise ValueError(
+            f"{path / WEIGHTS_FILENAME}: missing {', '.join(missing)}; found keys {sorted(sd)}"
+        )
+    if "saeprobe" in raw:
+        cfg = SAEConfig.from_dict(raw["saeprobe"])
+        if k is not None:
+            cfg.k = int(k)
+    else:
+        cfg = _cfg_from_sae_lens(raw, sd, k, path)
+    sae = create_sae(cfg)
+    _fill_from_sae_lens(sae, sd, raw, path)
+    return sae
+
+
+def _cfg_from_sae_lens(
+    raw: dict[str, Any], sd: dict[str, torch.Tensor], k: int | None, path: Path
+) -> SAEConfig:
+    arch = raw.get("architecture", "standard")
+    if arch not in ("topk", "jumprelu", "standard"):
+        raise ValueError(
+            f"{path}: sae-lens architecture {arch!r} is not supported; "
+            "saeprobe loads topk, jumprelu and standard"
+        )
+    norm = raw.get("normalize_activations", "none")
+    if norm not in ("none", None):
+        raise ValueError(
+            f"{path}: normalize_activations={norm!r} is not supported; fold it into the weights "
+            "with sae-lens first (fold_activation_norm_scaling_factor) and save again"
+        )
+    if raw.get("reshape_activations", "none") not in ("none", None):
+        raise ValueError(f"{path}: reshape_activations={raw['reshape_activations']!r} unsupported")
+    has_bias = "b_dec" in sd
+    pre_bias = bool(raw.get("apply_b_dec_to_input", True)) and has_bias
+    meta = dict(raw.get("metadata") or {})
+    dtype = canonical_dtype(raw.get("dtype", "float32"))
+    d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
+    if tuple(sd["W_enc"].shape) != (d_in, d_sae):
+        raise ValueError(
+            f"{path}: W_enc has shape {tuple(sd['W_enc'].shape)}, cfg.json says d_in={d_in}, d_sae={d_sae}"
+        )
+    kk = k if k is not None else raw.get("k", 50 if arch == "topk" else None)
+    return SAEConfig(
+        arch=arch,
+        d_in=d_in,
+        d_sae=d_sae,
+        k=kk,
+        dtype=dtype,
+        use_decoder_bias=has_bias,
+        use_pre_encoder_bias=pre_bias,
+        metadata=meta,
+    )
+
+
+@torch.no_grad()
+def _fill_from_sae_lens(
+    sae: SAE, sd: dict[str, torch.Tensor], raw: dict[str, Any], path: Path
+) -> None:
+    W_enc = sd["W_enc"].t()
+    W_dec = sd["W_dec"]
+    b_enc = sd["b_enc"]
+    if raw.get("architecture") == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
+        norm = W_dec.norm(dim=1).clamp_min(1e-8)  # fold, as sae-lens does when saving
+        W_enc = W_enc * norm[:, None]
+        b_enc = b_enc * norm
+        W_dec = W_dec / norm[:, None]
+    for name, value in (("W_enc", W_enc), ("W_dec", W_dec), ("b_enc", b_enc)):
+        _copy_checked(getattr(sae, name), value, name, path)
+    if sae.b_dec is not None:
+        _copy_checked(sae.b_dec, sd["b_dec"], "b_dec", path)
+    elif "b_dec" in sd and bool(sd["b_dec"].abs().max() > 0):
+        raise ValueError(f"{path}: nonzero b_dec but the config has use_decoder_bias=False")
+    if sae.cfg.arch == "jumprelu":
+        if "threshold" not in sd:
+            raise ValueError(f"{path}: jumprelu checkpoint without 'threshold'")
+        _copy_checked(sae.threshold, sd["threshold"], "threshold", path)
+    elif sae.cfg.arch == "batchtopk":
+        sae.threshold.fill_(float(sd["threshold"].reshape(-1)[0]) if "threshold" in sd else 0.0)
+
+
+def _copy_checked(param: torch.Tensor, value: torch.Tensor, name: str, path: Path) -> None:
+    if tuple(param.shape) != tuple(value.shape):
+        raise ValueError(
+            f"{path}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
+        )
+    param.copy_(value.to(param.dtype))
+
+
+# ---------------------------------------------------------------------------- paper format
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path}: refused to load, the file holds Python objects that torch.load(weights_only=True) "
+            f"does not allow ({str(exc).splitlines()[0][:200]}); re-save it as a plain state dict"
+        ) from None
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({exc})") from None
+
+
+def _strip(key: str) -> str:
+    for pre in ("module.", "_orig_mod.", "sae."):
+        while key.startswith(pre):
+            key = key[len(pre) :]
+    return key
+
+
+def _load_torch_file(path: Path, k: int | None) -> SAE:
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model_state"), dict):
+        state = obj["model_state"]
+    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+    else:
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(
+            f"{path}: not a paper SAE checkpoint: expected a dict with 'model_state' (overcomplete "
+            f"TopKSAE state dict) or a bare state dict; found {keys}"
+        )
+    return sae_from_overcomplete_state(state, k=k, source=str(path))
+
+
+@torch.no_grad()
+def sae_from_overcomplete_state(
+    state: dict[str, torch.Tensor], *, k: int | None = None, source: str = "state dict"
+) -> SAE:
+    """Build a :class:`TopKSAE` from an overcomplete ``TopKSAE`` state dict (linear encoder).
+
+    The dictionary is fused as overcomplete does: ``_weights / (||row|| + 1e-8) * exp(multiplier)``.
+    ``k`` defaults to 50 (the paper's).
+    """
+    state = {_strip(key): v for key, v in state.items()}
+    dict_key = next(
+        (key for key in ("dictionary._weights", "dictionary.weight") if key in state), None
+    )
+    enc_w_key = next(
+        (
+            key
+            for key in ("encoder.final_block.0.weight", "encoder.weight", "encoder.linear.weight")
+            if key in state
+        ),
+        None,
+    )
+    if dict_key is None or enc_w_key is None:
+        raise ValueError(
+            f"{source}: not an overcomplete TopKSAE state: need an encoder Linear weight "
+            "(encoder.final_block.0.weight) and dictionary._weights; found keys "
+            f"{sorted(state)[:20]}"
+        )
+    W_enc = state[enc_w_key]
+    D = state[dict_key]
+    if W_enc.ndim != 2 or D.ndim != 2 or W_enc.shape != D.shape:
+        raise ValueError(
+            f"{source}: encoder weight {tuple(W_enc.shape)} and dictionary {tuple(D.shape)} must "
+            "both be [c, d] with the same shape"
+        )
+    b_key = enc_w_key[: -len("weight")] + "bias"
+    c, d = D.shape
+    b_enc = state.get(b_key, torch.zeros(c, dtype=W_enc.dtype))
+    mult = state.get("dictionary.multiplier", torch.zeros(()))
+    D = D.float() if D.dtype in (torch.float16, torch.bfloat16) else D
+    W_dec = D / (D.norm(p=2, dim=1, keepdim=True) + 1e-8) * torch.exp(mult.to(D.dtype))
+    dtype = "float64" if W_enc.dtype == torch.float64 else "float32"
+    cfg = SAEConfig(
+        arch="topk",
+        d_in=d,
+        d_sae=c,
+        k=int(k) if k is not None else PAPER_DEFAULT_K,
+        dtype=dtype,
+        metadata={"source": source, "format": "overcomplete.TopKSAE"},
+    )
+    sae = create_sae(cfg)
+    sae.W_enc.copy_(W_enc)
+    sae.b_enc.copy_(b_enc)
+    sae.W_dec.copy_(W_dec)
+    logger.info("loaded paper Top-K SAE from %s (d=%d, c=%d, k=%d)", source, d, c, cfg.k)
+    return sae
+
+
+def check_d_in(sae: SAE, d: int, what: str = "activations") -> None:
+    """Raise a clear error when ``d`` differs from the SAE's input width."""
+    if int(d) != sae.cfg.d_in:
+        raise ValueError(
+            f"{what} have d={d} features but the SAE expects d_in={sae.cfg.d_in}: use an SAE "
+            "trained on the same model and hook point"
+        )

@@ -1,0 +1,52 @@
+"""Standard SAE: ``z = ReLU(W_enc x + b_enc)`` trained with an L1 penalty."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .base import SAE, TrainForward, sparsify
+from .registry import register_sae
+
+
+@register_sae("standard")
+class StandardSAE(SAE):
+    """ReLU SAE with an L1 sparsity penalty (sae-lens ``standard``).
+
+    ``encode_sparse`` returns the nonzeros of each row padded with zeros to the largest count
+    in the batch (capped at ``cfg.k`` when set, keeping the largest values).
+    Training runs the dense path (``fast`` is accepted and ignored).
+    """
+
+    arch = "standard"
+
+    def _encode_dense(self, x: Tensor) -> Tensor:
+        return self.pre_acts(x).to(self.W_enc.dtype).relu()
+
+    def training_forward(
+        self,
+        x: Tensor,
+        *,
+        l1_coeff: float = 0.0,
+        auxk_coeff: float = 0.0,
+        k_aux: int | None = None,
+        dead_mask: Tensor | None = None,
+        fast: bool = True,
+    ) -> TrainForward:
+        """``mse + l1_coeff * l1`` with ``l1 = sum |z| / (B c)`` (times ``||W_dec[i]||`` when
+        ``cfg.l1_scale_by_decoder_norm``); ``auxk`` as in Top-K when requested."""
+        x = self._flat(x).to(self.W_enc.dtype)
+        sae_in = self._sae_in(x)
+        z = self._encode_dense(x)
+        x_hat = self.decode(z)
+        if self.cfg.l1_scale_by_decoder_norm:
+            l1_sum = (z * self.W_dec.norm(dim=1)).sum()
+        else:
+            l1_sum = z.sum()
+        terms = self._terms(x, x_hat, l1_sum, (z > 0).sum())
+        loss = terms["mse"] + l1_coeff * terms["l1"] if l1_coeff else terms["mse"]
+        terms["auxk"] = x_hat.new_zeros(())
+        if auxk_coeff and dead_mask is not None:
+            terms["auxk"] = self._auxk(x, x_hat, dead_mask, k_aux, False, sae_in)
+            loss = loss + auxk_coeff * terms["auxk"]
+        v, i = sparsify(z, self.cfg.k)
+        return TrainForward(loss, x_hat, v, i, terms)

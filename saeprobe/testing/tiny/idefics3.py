@@ -1,0 +1,133 @@
+"""Tiny random ``Idefics3ForConditionalGeneration`` with an offline tokenizer and processor.
+
+Vision: 32x32 crops, patch 8 (16 patches), pixel-shuffle scale 2, so 4 ``<image>`` tokens per
+crop; images are resized to a 64 px longest edge and split into up to 2x2 crops plus the
+global image. Text: a 2-layer Llama (d=32). The chat template is Idefics3's format
+(``<|begin_of_text|>User:<image>...<end_of_utterance>\\n``), written here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROW_COL = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+IMAGE_TOKENS = [
+    "<fake_token_around_image>",
+    "<image>",
+    "<end_of_utterance>",
+    "<global-img>",
+    *ROW_COL,
+]
+
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}{{ ': ' + message['content'] }}{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+SMOLVLM_CHAT_TEMPLATE = "<|im_start|>" + IDEFICS3_CHAT_TEMPLATE[len("<|begin_of_text|>") :]
+
+#: tiny image geometry shared by the config and the image processor
+VISION = dict(image_size=32, patch_size=8)
+SCALE_FACTOR = 2
+IMAGE_SEQ_LEN = (32 // 8) ** 2 // SCALE_FACTOR**2
+
+
+def _configs(tok):
+    text = dict(
+        model_type="llama",
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, **VISION
+    )
+    return text, vision
+
+
+def build_variant(out_dir: Path, variant: str = "idefics3") -> Path:
+    """Build the ``idefics3`` or ``smolvlm`` tiny checkpoint into ``out_dir``."""
+    import torch
+
+    from ..tokenizer import build_tokenizer
+
+    out_dir = Path(out_dir)
+    if variant == "idefics3":
+        from transformers import Idefics3Config as Config
+        from transformers import Idefics3ForConditionalGeneration as Model
+        from transformers.models.idefics3.image_processing_pil_idefics3 import (
+            Idefics3ImageProcessorPil as ImageProcessor,
+        )
+
+        bos, eos, pad, template = (
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<pad>",
+            IDEFICS3_CHAT_TEMPLATE,
+        )
+    elif variant == "smolvlm":
+        from transformers import SmolVLMConfig as Config
+        from transformers import SmolVLMForConditionalGeneration as Model
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import (
+            SmolVLMImageProcessorPil as ImageProcessor,
+        )
+
+        bos, eos, pad, template = (
+            "<|im_start|>",
+            "<end_of_utterance>",
+            "<|im_end|>",
+            SMOLVLM_CHAT_TEMPLATE,
+        )
+    else:
+        raise ValueError(f"unknown variant {variant!r}; use 'idefics3' or 'smolvlm'")
+
+    tok = build_tokenizer(
+        [bos, eos, pad, *IMAGE_TOKENS],
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        chat_template=template,
+    )
+    text, vision = _configs(tok)
+    config = Config(
+        text_config=text,
+        vision_config=vision,
+        scale_factor=SCALE_FACTOR,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    config.architectures = [Model.__name__]
+    torch.manual_seed(0)
+    model = Model(config).eval()
+    image_processor = ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    if variant == "idefics3":
+        from transformers import Idefics3Processor
+
+        proc = Idefics3Processor(
+            image_processor=image_processor,
+            tokenizer=tok,
+            image_seq_len=IMAGE_SEQ_LEN,
+            chat_template=template,
+        )
+        proc.save_pretrained(out_dir)
+    else:
+        # SmolVLMProcessor needs num2words and a torchvision video processor: save the parts
+        tok.save_pretrained(out_dir)
+        image_processor.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def build(out_dir: Path) -> Path:
+    """Save a tiny Idefics3 checkpoint (see the module docstring)."""
+    return build_variant(out_dir, "idefics3")

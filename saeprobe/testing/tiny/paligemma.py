@@ -1,0 +1,94 @@
+"""Tiny random PaliGemma checkpoint (offline): SigLIP tower, Gemma decoder, PaliGemmaProcessor.
+
+:func:`build_paligemma` is shared with the PaliGemma2 builder (Gemma2 text config).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: Gemma special tokens in the order of their real ids, plus PaliGemma's image token
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
+
+#: tiny SigLIP tower: 28 px images, 7 px patches -> 16 image tokens
+VISION_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 28,
+    "patch_size": 7,
+    "vision_use_head": False,
+}
+
+#: tiny Gemma decoder
+TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 12,
+    "max_position_embeddings": 512,
+}
+
+
+def build_paligemma(out_dir: Path, text_model_type: str, text_overrides: dict[str, Any]) -> Path:
+    """Save a tiny ``PaliGemmaForConditionalGeneration`` whose decoder is ``text_model_type``."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipVisionConfig,
+    )
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    from ..tokenizer import build_tokenizer
+
+    out_dir = Path(out_dir)
+    tok = build_tokenizer(
+        SPECIAL_TOKENS,
+        vocab_size=400,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    side = VISION_CONFIG["image_size"]
+    image_processor = SiglipImageProcessorPil(
+        size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    image_processor.image_seq_length = (side // VISION_CONFIG["patch_size"]) ** 2
+    # adds the <loc....> / <seg...> tokens to the tokenizer, so read the vocab size after
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    text_config = AutoConfig.for_model(
+        text_model_type,
+        **TEXT_CONFIG,
+        **text_overrides,
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    config = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(**VISION_CONFIG),
+        text_config=text_config,
+        image_token_index=processor.image_token_id,
+        vocab_size=len(tok),
+        projection_dim=TEXT_CONFIG["hidden_size"],
+        hidden_size=TEXT_CONFIG["hidden_size"],
+    )
+    config.architectures = ["PaliGemmaForConditionalGeneration"]
+    torch.manual_seed(0)
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build(out_dir: Path) -> Path:
+    """Save a tiny random PaliGemma (Gemma decoder) and its processor to ``out_dir``."""
+    return build_paligemma(out_dir, "gemma", {})

@@ -1,0 +1,77 @@
+"""Tiny random ``SiglipModel`` (and a NaFlex ``Siglip2Model``) with offline processors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .clip import build_tokenizer_with_template
+
+EOS = "</s>"
+UNK = "<unk>"
+MAX_LEN = 16
+
+
+def _configs(tok):
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_LEN,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+        projection_size=16,
+    )
+    vision = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    return text, vision
+
+
+def build(out_dir: Path) -> Path:
+    """Save a tiny SigLIP (text d=32 padded to 16 tokens, vision d=16, 32x32 images, patch 8)."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel, SiglipProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    out_dir = Path(out_dir)
+    tok = build_tokenizer_with_template(None, EOS, EOS, UNK, model_max_length=MAX_LEN)
+    text, vision = _configs(tok)
+    config = SiglipConfig(text_config=text, vision_config=vision)
+    config.architectures = ["SiglipModel"]
+    torch.manual_seed(0)
+    model = SiglipModel(config).eval()
+    ip = SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    SiglipProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_siglip2(out_dir: Path) -> Path:
+    """Save a tiny NaFlex ``Siglip2Model`` (patch 8, at most 16 patches per image)."""
+    import torch
+    from transformers import Siglip2Config, Siglip2Model, Siglip2Processor
+    from transformers.models.siglip2.image_processing_pil_siglip2 import (
+        Siglip2ImageProcessorPil,
+    )
+
+    out_dir = Path(out_dir)
+    tok = build_tokenizer_with_template(None, EOS, EOS, UNK, model_max_length=MAX_LEN)
+    text, vision = _configs(tok)
+    vision.pop("image_size")
+    vision["num_patches"] = 16
+    config = Siglip2Config(text_config=text, vision_config=vision)
+    config.architectures = ["Siglip2Model"]
+    torch.manual_seed(0)
+    model = Siglip2Model(config).eval()
+    ip = Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16)
+    Siglip2Processor(image_processor=ip, tokenizer=tok).save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,154 @@
+"""`saeprobe analyze` on a store written with the real store writer and an SAE saved with the
+real `sae.save`; bad inputs give clear errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis import AnalysisConfig, save_pairs, stats_from_store
+from saeprobe._types import Modality
+from saeprobe.cli import main
+from saeprobe.sae import SAEConfig, TopKSAE
+from saeprobe.store import ActivationStore, ActivationStoreWriter
+
+P, D_MODEL = 12, 48
+TEXTUAL, VISUAL = [0, 1, 2, 3], [4, 5, 6, 7]
+TEMPLATE_C, SYSTEM_C = 8, 9
+SEMANTIC = list(range(10, 10 + P))
+HARMFUL = [10 + P, 11 + P]
+C = 12 + P
+T, I, TPL, SYS = (int(m) for m in (Modality.TEXT, Modality.IMAGE, Modality.TEMPLATE, Modality.SYSTEM))
+
+
+def build_inputs(root: Path, seed: int = 0) -> dict[str, Path]:
+    """A token store (image and caption inputs with template/system tokens), matched pooled
+    pairs with a harmful shared direction, and a TopKSAE whose dictionary is the planted one."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(D_MODEL, C, generator=g))
+    D = q.T.contiguous()
+    sae = TopKSAE(SAEConfig(arch="topk", d_in=D_MODEL, d_sae=C, k=3))
+    with torch.no_grad():
+        sae.W_dec.copy_(D)
+        sae.W_enc.copy_(D)
+        sae.b_enc.fill_(-0.1)  # noise-level pre-activations stay at zero
+    sae_dir = root / "sae"
+    sae.save(sae_dir)
+
+    def noise(n):
+        return 0.01 * torch.randn(n, D_MODEL, generator=g)
+
+    store_dir = root / "store"
+    w = ActivationStoreWriter(
+        store_dir, d=D_MODEL, dtype="fp32", metadata={"model": "synthetic", "hook_point": "final_norm"}
+    )
+    for p in range(P):
+        for sid, own, label, n_own in ((2 * p, VISUAL, I, 4), (2 * p + 1, TEXTUAL, T, 3)):
+            mods = [SYS] + [TPL] * 2 + [label] * n_own + [TPL]
+            rows = []
+            for m in mods:
+                if m == SYS:
+                    rows.append(2.0 * D[SYSTEM_C])
+                elif m == TPL:
+                    rows.append(1.0 * D[TEMPLATE_C])
+                else:
+                    c = own[int(torch.randint(0, len(own), (1,), generator=g))]
+                    rows.append(1.5 * D[c] + 0.5 * D[SEMANTIC[p]])
+            acts = torch.stack(rows) + noise(len(rows))
+            n = len(mods)
+            w.add(acts, [sid] * n, list(range(n)), [7] * n, mods)
+    w.close()
+
+    def side(own):
+        style = torch.tensor(own)[torch.randint(0, len(own), (P,), generator=g)]
+        h = 0.2 + 3.8 * torch.rand(P, 2, generator=g)
+        return D[SEMANTIC] + 0.8 * D[style] + h @ D[HARMFUL] + noise(P)
+
+    pairs = save_pairs(root / "pairs.safetensors", side(VISUAL), side(TEXTUAL),
+                       image_ids=list(range(P)), text_ids=list(range(P)))
+    return {"sae": sae_dir, "store": store_dir, "pairs": pairs, "dictionary": D, "sae_obj": sae}
+
+
+def run_cli(inputs: dict, out: Path, *extra: str) -> int:
+    return main([
+        "analyze", "--sae", str(inputs["sae"]), "--activations", str(inputs["store"]),
+        "--pairs", str(inputs["pairs"]), "--out", str(out), "--n-distractors", "2",
+        "--ablation-steps", "0,1,2", "--ks", "1,5", "--no-progress", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return build_inputs(tmp_path_factory.mktemp("analysis_cli"))
+
+
+def test_analyze_cli_writes_report_and_tables(inputs, tmp_path, capsys):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "report"
+    assert run_cli(inputs, out) == 0
+    printed = capsys.readouterr().out
+    assert "textual" in printed and "report:" in printed
+    table = pq.read_table(out / "features.parquet").to_pydict()
+    for col in ("feature", "energy", "energy_share", "frequency", "modality_score", "tag",
+                "bridge_score", "attribution", "is_distractor"):
+        assert col in table
+    assert table["feature"] == list(range(C))
+    assert pacsv.read_csv(out / "features.csv").num_rows == C
+    # energy against a dense float64 reference over the store's non-system tokens
+    batch = ActivationStore(inputs["store"]).read_all()
+    keep = batch.modality.long() != SYS
+    with torch.no_grad():
+        z = inputs["sae_obj"].encode(batch.acts[keep].float()).double()
+    assert torch.allclose(torch.tensor(table["energy"], dtype=torch.float64), z.mean(0), atol=1e-5)
+    assert sum(table["energy_share"]) == pytest.approx(1.0)
+    tags = table["tag"]
+    for c in TEXTUAL:
+        assert tags[c] == "textual"
+    for c in VISUAL:
+        assert tags[c] == "visual"
+    assert tags[TEMPLATE_C] == "bimodal" and tags[SYSTEM_C] == "dead"
+    assert all(tags[c] == "bimodal" for c in SEMANTIC)
+    assert [f for f, d in zip(table["feature"], table["is_distractor"]) if d] == sorted(HARMFUL)
+    assert all(not math.isnan(v) for v in table["attribution"])
+    html = (out / "report.html").read_text()
+    assert "<script src=" not in html and 'src="http' not in html and "src='http" not in html
+    assert "Plotly" in html and len(html) > 1_000_000  # plotly.js is inline
+    for fid in ("energy-vs-modality", "energy-share", "bridge-heatmap", "attribution", "ablation-sweep"):
+        assert f'id="fig-{fid}"' in html
+    assert "card-" in html and (out / "summary.json").exists()
+
+
+def test_token_level_stats_and_limits(inputs):
+    store = ActivationStore(inputs["store"])
+    sae = inputs["sae_obj"]
+    st = stats_from_store(sae, store, AnalysisConfig(modality_level="token", top_m=2), progress=False)
+    # template tokens are neither TEXT nor IMAGE tokens: no modality score at the token level
+    assert math.isnan(float(st.modality_score[TEMPLATE_C]))
+    assert float(st.modality_score[TEXTUAL[0]]) == pytest.approx(1.0)
+    # top inputs of a semantic concept are its pair's two samples
+    assert {s for s, _ in st.top_inputs[SEMANTIC[3]]} == {6, 7}
+    part = stats_from_store(sae, store, AnalysisConfig(max_tokens=20, top_m=0), progress=False)
+    assert sum(part.n_rows.values()) == 20
+
+
+def test_analyze_cli_bad_inputs(inputs, tmp_path, capsys):
+    # an SAE whose d differs from the activations
+    other = TopKSAE(SAEConfig(arch="topk", d_in=D_MODEL + 1, d_sae=8, k=2))
+    other.save(tmp_path / "sae_other")
+    bad = dict(inputs, sae=tmp_path / "sae_other")
+    assert run_cli(bad, tmp_path / "o1") == 2
+    assert "expects d_in=49" in capsys.readouterr().err
+    # pairs whose ids do not match
+    img = torch.randn(3, D_MODEL)
+    save_pairs(tmp_path / "bad.safetensors", img, img, image_ids=[0, 1, 2], text_ids=[0, 2, 1])
+    assert run_cli(dict(inputs, pairs=tmp_path / "bad.safetensors"), tmp_path / "o2") == 2
+    assert "ids do not match: row 1" in capsys.readouterr().err
+    # a malformed sweep file
+    (tmp_path / "sweep.json").write_text('{"x": [1, 2]}')
+    assert run_cli(inputs, tmp_path / "o3", "--layer-sweep", str(tmp_path / "sweep.json")) == 2
+    assert "recall" in capsys.readouterr().err

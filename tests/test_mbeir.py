@@ -1,0 +1,147 @@
+"""M-BEIR task folders (MRBench parquet layout): parsing all 8 task types."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from saeprobe import Item
+from saeprobe.data.mbeir import (
+    PROMPTS_BY_TASK,
+    TASKS,
+    infer_task,
+    open_mbeir,
+    write_task_folder,
+)
+
+_SK_IMAGES = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "moon", "checkerboard")
+
+
+def sample_images(n: int, size: int = 32) -> list[Image.Image]:
+    """``n`` small RGB images from scikit-image's bundled data (cycled, tinted)."""
+    import skimage.data
+
+    base = []
+    for name in _SK_IMAGES:
+        arr = getattr(skimage.data, name)()
+        im = Image.fromarray(arr).convert("RGB").resize((size, size))
+        base.append(np.asarray(im))
+    out = []
+    for i in range(n):
+        arr = base[i % len(base)].astype(np.int16)
+        arr = np.clip(arr + (i // len(base)) * 17, 0, 255).astype(np.uint8)
+        out.append(Image.fromarray(arr))
+    return out
+
+
+def make_side(prefix: str, kind: str, n: int, images, texts) -> list[Item]:
+    items = []
+    for i in range(n):
+        items.append(
+            Item(
+                id=f"{prefix}:{i}",
+                text=texts[i] if "text" in kind else None,
+                image=images[i] if "image" in kind else None,
+            )
+        )
+    return items
+
+
+def build_task_folder(root, task: int, n_queries: int = 4, n_corpus: int = 6, name=None):
+    """A tiny M-BEIR folder of ``task`` (paper numbering); query i is relevant to
+    candidates i and i+1 (mod n_corpus). Returns the folder path."""
+    qkind, ckind = TASKS[task]
+    imgs = sample_images(max(n_queries, n_corpus))
+    qtexts = [f"a photo number {i} of something" for i in range(n_queries)]
+    ctexts = [f"caption {i} describing a scene" for i in range(n_corpus)]
+    queries = make_side("q", qkind, n_queries, imgs, qtexts)
+    corpus = make_side("c", ckind, n_corpus, imgs[::-1], ctexts)
+    qrels = {f"q:{i}": {f"c:{i % n_corpus}", f"c:{(i + 1) % n_corpus}"} for i in range(n_queries)}
+    mbeir_id = {v: k for k, v in {0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 6: 6, 7: 7, 8: 8}.items()}[task]
+    folder = root / (name or f"mbeir_tiny_task{mbeir_id}")
+    return write_task_folder(folder, queries, corpus, qrels, corpus_shards=2)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_type_parses(tmp_path, task):
+    folder = build_task_folder(tmp_path, task)
+    t = open_mbeir(folder)  # inferred from the modalities
+    assert t.task == task
+    assert len(t.queries) == 4 and len(t.corpus) == 6
+    qkind, ckind = TASKS[task]
+    qprompt, cprompt = PROMPTS_BY_TASK[task]
+    for side, kind, prompt in ((t.queries, qkind, qprompt), (t.corpus, ckind, cprompt)):
+        items = list(side)
+        assert [it.id for it in items] == side.ids
+        for i, it in enumerate(items):
+            assert it.prompt == prompt
+            assert it.meta["index"] == i
+            assert (it.image is not None) == ("image" in kind)
+            assert bool(it.text) == ("text" in kind)
+            if it.image is not None:
+                assert it.image.mode == "RGB" and it.image.size == (32, 32)
+    assert t.qrels["q:1"] == {"c:1", "c:2"}
+    rel = t.relevant_rows()
+    assert rel[3] == {3, 4}
+    assert t.gains is None
+    # explicit --task wins and sets the prompts
+    assert open_mbeir(folder, task=task).task == task
+
+
+def test_task7_vs_8_and_modality_filtering(tmp_path):
+    # a task-8-shaped folder (image+text on both sides) named task7 is read as task 7:
+    # candidates then use their image only, as in the authors' code
+    folder = build_task_folder(tmp_path, 8, name="mbeir_cirr_task7")
+    t = open_mbeir(folder)
+    assert t.task == 7
+    c = t.corpus[0]
+    assert c.text is None and c.image is not None and c.prompt == "image"
+    q = t.queries[0]
+    assert q.text and q.image is not None and q.prompt == "image_question"
+    # forcing task 1 on the same data keeps only the query text and candidate image
+    t1 = open_mbeir(folder, task=1)
+    assert t1.queries[0].image is None and t1.queries[0].prompt == "text"
+    assert infer_task("image_text", "image_text", "mbeir_oven_task8") == 8
+    with pytest.raises(ValueError, match="not one of the paper's 8 task types"):
+        infer_task("image", "image_text", "x")
+
+
+def test_limits_graded_qrels_and_bad_input(tmp_path, caplog):
+    imgs = sample_images(3)
+    queries = [Item(id="a", text="q one"), Item(id="b", text="q two"), Item(id="c", text="q3")]
+    corpus = [Item(id=str(i), image=imgs[i]) for i in range(3)]
+    qrels = {"a": {"0": 2.0, "1": 1.0}, "b": {"2": 1.0}, "zzz": {"0": 1.0}, "c": {"999": 1.0}}
+    folder = write_task_folder(tmp_path / "graded", queries, corpus, qrels)
+    with caplog.at_level(logging.WARNING, logger="saeprobe.data.mbeir"):
+        t = open_mbeir(folder)
+    assert t.task == 1
+    assert "1 qrels name unknown query ids" in caplog.text
+    assert "1 qrels name corpus ids missing" in caplog.text
+    assert "1 of 3 queries have no relevant candidate" in caplog.text
+    assert t.gains == {"a": {"0": 2.0, "1": 1.0}, "b": {"2": 1.0}}
+    assert t.relevant_rows(graded=True)[0] == {0: 2.0, 1: 1.0}
+    lim = open_mbeir(folder, limit_queries=1)
+    assert lim.queries.ids == ["a"] and list(lim.qrels) == ["a"]
+    # qrels that match nothing: a clear error
+    pq.write_table(
+        pa.table({"query-id": ["x"], "corpus-id": ["y"]}), folder / "qrels-00000-of-00001.parquet"
+    )
+    with pytest.raises(ValueError, match="do not belong to this query/corpus"):
+        open_mbeir(folder)
+    with pytest.raises(FileNotFoundError, match="no query-\\*.parquet"):
+        open_mbeir(tmp_path)
+    with pytest.raises(ValueError, match="task must be one of 1-8"):
+        open_mbeir(folder, task=9)
+    # a row missing the modality its task needs fails with the row named
+    bad = write_task_folder(
+        tmp_path / "bad", [Item(id="q", text="t")], [Item(id="c0", image=imgs[0]), Item(id="c1", text="x")],
+        {"q": {"c0"}},
+    )
+    t = open_mbeir(bad, task=1)
+    with pytest.raises(ValueError, match="corpus 'c1' has no image"):
+        list(t.corpus)
