@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .codes import Codes, check_codes, concept_dots, decode
+from .codes import Codes, check_codes, concept_dot_sums, concept_dots, decode
 
 logger = logging.getLogger(__name__)
 
@@ -186,10 +186,8 @@ def retrieval_attribution(
             w = 1.0 / (nq * nc).clamp_min(1e-12)
         else:
             w = torch.ones(a.shape[0])
-        tq = vq * concept_dots(iq, D, hc) * w[:, None]
-        tc = vc * concept_dots(ic, D, hq) * w[:, None]
-        A.index_add_(0, iq.reshape(-1), tq.reshape(-1).double())
-        A.index_add_(0, ic.reshape(-1), tc.reshape(-1).double())
+        concept_dot_sums(vq * w[:, None], iq, hc, D, A)
+        concept_dot_sums(vc * w[:, None], ic, hq, D, A)
         rec += float(((hq * hc).sum(1) * w).double().sum())
         if x_q is not None and x_c is not None:
             sim += float(((x_q[a].float() * x_c[b].float()).sum(1) * w).double().sum())

@@ -15,11 +15,12 @@ concepts with the largest ``|row|`` (image side) and ``|col|`` (text side); with
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import NamedTuple
 
 import torch
 
-from .codes import Codes, check_codes, concept_dots, decode
+from .codes import Codes, check_codes, concept_dot_sums, decode, transposed_csr
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,14 @@ def _block(codes: Codes, lookup: torch.Tensor, m: int, dtype: torch.dtype) -> to
     return out.scatter_add_(1, pos.clamp(min=0), torch.where(ok, codes.values.to(dtype), 0))
 
 
+def _block_csr(codes: Codes, lookup: torch.Tensor, m: int) -> torch.Tensor:
+    """CSR ``[m, N]`` of the entries whose concept is in the block (``lookup >= 0``)."""
+    pos = lookup[codes.indices]
+    keep = (pos >= 0) & (codes.values != 0)
+    vals = torch.where(keep, codes.values.float(), 0.0)
+    return transposed_csr(vals, torch.where(keep, pos, 0), m)
+
+
 def bridge_scores(
     img: Codes | tuple[torch.Tensor, torch.Tensor],
     txt: Codes | tuple[torch.Tensor, torch.Tensor],
@@ -98,8 +107,8 @@ def bridge_scores(
         vi, ii = img.values[s : s + chunk_size].float(), img.indices[s : s + chunk_size]
         vt, it = txt.values[s : s + chunk_size].float(), txt.indices[s : s + chunk_size]
         xi, xt = decode(vi, ii, D), decode(vt, it, D)
-        row.index_add_(0, ii.reshape(-1), (vi * concept_dots(ii, D, xt)).reshape(-1).to(acc))
-        col.index_add_(0, it.reshape(-1), (vt * concept_dots(it, D, xi)).reshape(-1).to(acc))
+        concept_dot_sums(vi, ii, xt, D, row)
+        concept_dot_sums(vt, it, xi, D, col)
     row /= P
     col /= P
     m = min(n_candidates, c)
@@ -176,8 +185,10 @@ def bridge_block(
     co = torch.zeros(len(rows), len(cols), dtype=acc)
     for s in range(0, P, chunk_size):
         sl = slice(s, s + chunk_size)
-        a = _block(Codes(img.values[sl], img.indices[sl]), lut_r, len(rows), acc)
-        b = _block(Codes(txt.values[sl], txt.indices[sl]), lut_c, len(cols), acc)
-        co += a.T @ b
+        a = _block_csr(Codes(img.values[sl], img.indices[sl]), lut_r, len(rows))
+        b = _block(Codes(txt.values[sl], txt.indices[sl]), lut_c, len(cols), torch.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            co += (a @ b).to(acc)
     D = dictionary.double()
     return (co / P) * (D[rows] @ D[cols].T)

@@ -35,16 +35,19 @@ def check_codes(values: torch.Tensor, indices: torch.Tensor, c: int | None = Non
             f"{tuple(values.shape)} and {tuple(indices.shape)}; pass SparseCodes from sae.encode_sparse"
         )
     indices = indices.long()
-    if c is not None and indices.numel():
+    if c is None or indices.numel() == 0:
+        return Codes(values, indices)
+    lo, hi = (int(t) for t in torch.aminmax(indices))
+    if lo < 0 or hi >= c:
         # padding entries (value 0) may carry any index: point them at concept 0
         pad = (values == 0) & ((indices < 0) | (indices >= c))
-        if pad.any():
-            indices = torch.where(pad, torch.zeros_like(indices), indices)
-    if c is not None and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= c):
-        raise ValueError(
-            f"code indices must lie in [0, {c}) (the dictionary size), got range "
-            f"[{int(indices.min())}, {int(indices.max())}]; use the SAE that produced the codes"
-        )
+        indices = torch.where(pad, torch.zeros_like(indices), indices)
+        lo, hi = (int(t) for t in torch.aminmax(indices))
+        if lo < 0 or hi >= c:
+            raise ValueError(
+                f"code indices must lie in [0, {c}) (the dictionary size), got range "
+                f"[{lo}, {hi}]; use the SAE that produced the codes"
+            )
     return Codes(values, indices)
 
 
@@ -132,3 +135,46 @@ def encode_all(sae: Any, x: torch.Tensor, chunk_size: int = 4096) -> Codes:
     if not parts:
         return Codes(torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long))
     return Codes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))
+
+
+def transposed_csr(values: torch.Tensor, indices: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Sparse CSR ``[n_rows, N]`` holding ``values[p, j]`` at ``(indices[p, j], p)`` (Z^T)."""
+    import warnings
+
+    N, k = values.shape
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    crow[1:] = torch.cumsum(torch.bincount(flat, minlength=n_rows), 0)
+    col = order // max(k, 1)
+    val = values.reshape(-1)[order]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, val, (n_rows, N))
+
+
+def concept_dot_sums(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    vectors: torch.Tensor,
+    dictionary: torch.Tensor,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``out[i] += sum_{p, j: indices[p, j] = i} values[p, j] <d_i, vectors[p]>`` in place.
+
+    Computed as ``Y = Z^T vectors`` (sparse CSR matmul over the touched concepts only) and
+    ``<d_i, Y_i>``: no gathered ``[N, k, d]`` tensor, no ``D D^T``; memory
+    ``O(touched concepts x d)``.
+    """
+    if values.numel() == 0:
+        return out
+    import warnings
+
+    u, inv = torch.unique(indices.long(), return_inverse=True)
+    D = dictionary
+    Zt = transposed_csr(values.to(D.dtype), inv, u.shape[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        Y = Zt @ vectors.to(D.dtype).contiguous()
+    out.index_add_(0, u, (Y * D[u]).sum(1).to(out.dtype))
+    return out

@@ -156,6 +156,47 @@ def is_bridge(model: Any) -> bool:
     return hasattr(model, "hook_dict") and hasattr(model, "original_model")
 
 
+#: TransformerLens block aliases that a bridge's ``hook_dict`` may lack, and their targets
+_BRIDGE_BLOCK_ALIASES = {"hook_resid_pre": "hook_in", "hook_resid_post": "hook_out"}
+
+
+def bridge_hook_name(point: HookPoint) -> str:
+    """The ``TransformerBridge`` hook name of a point.
+
+    ``resid_pre.0`` -> ``blocks.0.hook_in``, ``resid_post.L`` -> ``blocks.L.hook_out``,
+    ``final_norm`` -> ``ln_final.hook_out``; bridge names are returned as they are.
+    """
+    if point.kind == "resid_post":
+        return f"blocks.{point.layer}.hook_out"
+    if point.kind == "resid_pre":
+        return "blocks.0.hook_in"
+    if point.kind == "final_norm":
+        return "ln_final.hook_out"
+    return point.name
+
+
+def bridge_hook_module(bridge: Any, point: HookPoint) -> nn.Module:
+    """The ``HookPoint`` module of ``bridge`` for a point (see :func:`bridge_hook_name`).
+
+    ``blocks.L.hook_resid_pre`` / ``blocks.L.hook_resid_post`` (HookedTransformer names)
+    resolve to ``blocks.L.hook_in`` / ``blocks.L.hook_out`` when the bridge has no alias.
+    """
+    name = bridge_hook_name(point)
+    hooks = bridge.hook_dict
+    if name in hooks:
+        return hooks[name]
+    head, _, last = name.rpartition(".")
+    if last in _BRIDGE_BLOCK_ALIASES and f"{head}.{_BRIDGE_BLOCK_ALIASES[last]}" in hooks:
+        return hooks[f"{head}.{_BRIDGE_BLOCK_ALIASES[last]}"]
+    close = [k for k in hooks if k.split(".")[-1] == last][:5]
+    if not close:
+        close = [k for k in hooks if k.startswith(("blocks.0.hook_", "ln_final.hook_"))][:5]
+    raise HookPointError(
+        f"the bridge has no hook point {name!r}; e.g. {close or list(hooks)[:5]} "
+        f"({int(bridge.cfg.n_layers)} blocks)"
+    )
+
+
 class ResidualHooks:
     """Context manager placing forward hooks at hook points of an adapter (or a bridge).
 
@@ -207,20 +248,7 @@ class ResidualHooks:
     # -- module lookup -------------------------------------------------------------------
     def _module_for(self, point: HookPoint) -> tuple[nn.Module, str]:
         if is_bridge(self.target):
-            name = point.name
-            if point.kind == "resid_post":
-                name = f"blocks.{point.layer}.hook_out"
-            elif point.kind == "resid_pre":
-                name = "blocks.0.hook_in"
-            elif point.kind == "final_norm":
-                name = "ln_final.hook_out"
-            hooks = self.target.hook_dict
-            if name not in hooks:
-                close = [k for k in hooks if k.split(".")[-1] == name.split(".")[-1]][:5]
-                raise HookPointError(
-                    f"the bridge has no hook point {name!r} (e.g. {close or list(hooks)[:5]})"
-                )
-            return hooks[name], "post"
+            return bridge_hook_module(self.target, point), "post"
         layers = self.target.layers(self.tower)
         if point.kind == "resid_pre":
             return layers[0], "pre"
@@ -238,6 +266,10 @@ class ResidualHooks:
         name = point.name
         edit = self.edit.get(name)
 
+        if is_bridge(self.target):
+            # bridge names carry no depth: stop once every point has run
+            last = True
+
         def store(hidden: torch.Tensor) -> torch.Tensor | None:
             self.calls[name] = self.calls.get(name, 0) + 1
             new = edit(hidden) if edit is not None else None
@@ -245,12 +277,15 @@ class ResidualHooks:
                 self.outputs[name] = (new if new is not None else hidden).detach()
             return new
 
+        def done() -> bool:
+            return last and self.stop_early and len(self.calls) == len(self.points)
+
         if where == "pre":
 
             def pre_hook(module, args, kwargs):
                 hidden = _hidden_from_pre(args, kwargs)
                 new = store(hidden)
-                if last and self.stop_early:
+                if done():
                     raise StopForward(name)
                 if new is None:
                     return None
@@ -263,7 +298,7 @@ class ResidualHooks:
         def post_hook(module, args, output):
             hidden = _first_tensor(output)
             new = store(hidden)
-            if last and self.stop_early:
+            if done():
                 raise StopForward(name)
             return None if new is None else _replace_first_tensor(output, new)
 

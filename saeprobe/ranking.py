@@ -390,19 +390,29 @@ def ranking_metrics(
     *,
     ndcg_k: int = 10,
     ignore_empty: bool = False,
+    complete: bool = False,
 ) -> dict[str, float]:
     """All metrics in one dict: ``R@1``, ``R@5``, ``R@10``, ``MRR``, ``nDCG@10``
-    (values in ``[0, 1]``)."""
-    K = _as_numpy_indices(indices).shape[1]
-    out = {
-        f"R@{k}": v
-        for k, v in recall_at_k(
-            indices, relevant, [k for k in ks if k <= K], ignore_empty=ignore_empty
-        ).items()
-    }
-    out["MRR"] = mrr(indices, relevant, ignore_empty=ignore_empty)
-    if ndcg_k <= K:
-        out[f"nDCG@{ndcg_k}"] = ndcg_at_k(indices, relevant, ndcg_k, ignore_empty=ignore_empty)
+    (values in ``[0, 1]``).
+
+    ``complete=True`` says ``indices`` rank every candidate (fewer than ``k``
+    of them): cut-offs beyond ``K`` then equal cut-off ``K`` and are reported
+    under their own names; otherwise they are left out.
+    """
+    idx = _as_numpy_indices(indices)
+    K = idx.shape[1]
+    hits = hits_matrix(idx, relevant)  # once, shared by every metric
+    mask = _query_mask(relevant, ignore_empty, warn=True)
+    out: dict[str, float] = {}
+    nan = float("nan")
+    for k in ks:
+        if k <= K or complete:
+            out[f"R@{k}"] = float(hits[mask, : min(k, K)].any(axis=1).mean()) if mask.any() else nan
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0)
+    rr = np.where(first > 0, 1.0 / np.maximum(first, 1), 0.0)
+    out["MRR"] = float(rr[mask].mean()) if mask.any() else nan
+    if ndcg_k <= K or complete:
+        out[f"nDCG@{ndcg_k}"] = ndcg_at_k(idx, relevant, min(ndcg_k, K), ignore_empty=ignore_empty)
     if math.isnan(out["MRR"]):
         logger.warning("no query with a relevant candidate: metrics are NaN")
     return out

@@ -508,7 +508,13 @@ def score_methods(
             queries.to(dev), candidates.to(dev), method, stats=config.stats, support=support, device=dev, **kw
         )
         top = topk_search(q, c, config.depth, chunk_size=config.chunk_size, device=dev)
-        m = ranking_metrics(top.indices.cpu(), relevant, ks=config.ks, ndcg_k=config.ndcg_k)
+        m = ranking_metrics(
+            top.indices.cpu(),
+            relevant,
+            ks=config.ks,
+            ndcg_k=config.ndcg_k,
+            complete=top.indices.shape[1] >= c.shape[0],
+        )
         m["seconds"] = time.perf_counter() - t0
         out[method_label(method)] = m
     return out

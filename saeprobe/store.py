@@ -548,6 +548,12 @@ class ActivationStoreWriter:
             labels[name] = t
         if n == 0:
             return
+        mod = labels["modality"]
+        if int(mod.min()) < 0 or int(mod.max()) >= len(Modality):
+            raise ValueError(
+                f"modality labels must be saeprobe.Modality values 0..{len(Modality) - 1}, got "
+                f"{int(mod.min())}..{int(mod.max())} (drop padding tokens before add)"
+            )
         sid = labels["sample_id"]
         if bool((sid[1:] < sid[:-1]).any()):
             raise ValueError(
@@ -895,6 +901,34 @@ class ActivationStore:
         for i in range(len(self.shards)):
             t = self.read_shard(i, _with_modality(fields, kept))
             pieces.append(_apply_filter(t, kept, fields))
+        return _to_batch(_cat(pieces, fields, self.d, self.dtype), fields, dtype)
+
+    def read_samples(
+        self, sample_ids: Iterable[int], fields: Sequence[str] = FIELDS, *, dtype=None
+    ) -> ActivationBatch:
+        """All tokens of some samples (stored order), reading only shards whose range covers them.
+
+        Parameters
+        ----------
+        sample_ids : iterable of int
+        fields : sequence of str
+        dtype : torch.dtype | str, optional
+            Cast ``acts`` to this dtype.
+        """
+        fields = _check_fields(fields)
+        wanted = torch.as_tensor(sorted({int(i) for i in sample_ids}), dtype=torch.int64)
+        pieces = []
+        for i, s in enumerate(self.shards):
+            if wanted.numel() == 0:
+                break
+            lo = torch.searchsorted(wanted, int(s["sample_start"]))
+            if lo >= wanted.numel() or int(wanted[lo]) >= int(s["sample_end"]):
+                continue
+            load = fields if "sample_id" in fields else (*fields, "sample_id")
+            t = self.read_shard(i, load)
+            keep = torch.isin(t["sample_id"], wanted)
+            if bool(keep.any()):
+                pieces.append({k: t[k][keep] for k in fields})
         return _to_batch(_cat(pieces, fields, self.d, self.dtype), fields, dtype)
 
     # ---------------------------------------------------------------- batches

@@ -112,6 +112,11 @@ def test_round_trip_values_labels_dtypes(tmp_path, dtype):
     assert f.sample_id is None and torch.equal(f.modality, ref["modality"][keep])
     assert torch.equal(f.acts, ref["acts"][keep].to(torch_dtype).double())
     assert st.count_tokens(exclude=["system"]) == int(keep.sum())
+    # tokens of a few samples
+    sel = st.read_samples([3, 17, 39], fields=("acts", "sample_id"))
+    mask = torch.isin(ref["sample_id"], torch.tensor([3, 17, 39]))
+    assert torch.equal(sel.sample_id, ref["sample_id"][mask]) and sel.position is None
+    assert torch.equal(sel.acts, ref["acts"][mask].to(torch_dtype))
 
 
 def test_shard_boundaries_do_not_depend_on_call_pattern(tmp_path):
@@ -149,6 +154,18 @@ def _killable_writer(path, mode, ready):
                 time.sleep(60)
 
         store_mod._save_safetensors = slow
+    if mode == "after_replace":
+        real_json = store_mod._write_json
+        calls = [0]
+
+        def slow_json(p, obj):
+            calls[0] += 1
+            if calls[0] == 4:  # shard 3 renamed into place, manifest not yet updated
+                ready.set()
+                time.sleep(60)
+            real_json(p, obj)
+
+        store_mod._write_json = slow_json
     w = ActivationStoreWriter(
         path, d=D, dtype="bf16", fingerprint="fp0", shard_tokens=SHARD_TOKENS,
         metadata={"model": "tiny", "hook_point": "final_norm"},
@@ -161,13 +178,13 @@ def _killable_writer(path, mode, ready):
 
 
 def test_sigkill_and_resume_is_byte_identical(tmp_path):
-    """SIGKILL a writer mid-buffer and mid-shard-write, resume, compare with an
-    uninterrupted run (forked children: no second torch import)."""
+    """SIGKILL a writer mid-buffer, mid-shard-write and between shard rename and manifest
+    update; resume; compare with an uninterrupted run (forked children: no torch re-import)."""
     ctx = multiprocessing.get_context("fork")
     ref_path = tmp_path / "ref"
     write_store(ref_path, dtype="bf16")
     procs = {}
-    for mode in ("mid_buffer", "mid_write"):
+    for mode in ("mid_buffer", "mid_write", "after_replace"):
         ready = ctx.Event()
         proc = ctx.Process(target=_killable_writer, args=(tmp_path / mode, mode, ready))
         proc.start()
@@ -183,6 +200,9 @@ def test_sigkill_and_resume_is_byte_identical(tmp_path):
             if proc.is_alive():
                 proc.kill()
     assert any(".tmp" in f.name for f in (tmp_path / "mid_write").iterdir())  # killed mid-write
+    # killed between the shard rename and the manifest update: an unlisted shard file
+    assert len(list((tmp_path / "after_replace").glob("shard-*"))) == 3
+    assert len(ActivationStore(tmp_path / "after_replace", allow_incomplete=True).shards) == 2
     for mode in procs:
         path = tmp_path / mode
         with pytest.raises(IncompleteStoreError, match="not finished"):
@@ -233,6 +253,8 @@ def test_add_validates_order_and_shapes(tmp_path):
     s = make_sample(5)
     with pytest.raises(ValueError, match="shape"):
         w.add(s["acts"][:, :3], s["sample_id"], s["position"], s["token_id"], s["modality"])
+    with pytest.raises(ValueError, match="Modality values"):
+        w.add(s["acts"], s["sample_id"], s["position"], s["token_id"], torch.full_like(s["modality"], 7))
     with pytest.raises(ValueError, match="entries"):
         w.add(s["acts"], s["sample_id"][:1], s["position"], s["token_id"], s["modality"])
 

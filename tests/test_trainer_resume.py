@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The default recipe exercises every piece of resumable state: AuxK with a dead mask
 # (counters), b_dec from data, LR warm-up and decay, Adam moments, mid-epoch data position.
 CFG = dict(arch="topk", width=64, k=4, lr=3e-3, batch_size=64, epochs=3, warmup_steps=10,
-           dead_window_tokens=192, ckpt_interval=5, log_interval=5, keep_checkpoints=2,
+           dead_window_tokens=64, ckpt_interval=5, log_interval=5, keep_checkpoints=2,
            progress=False, seed=3)
 
 CHILD = textwrap.dedent(

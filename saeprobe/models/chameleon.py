@@ -18,7 +18,7 @@ from torch import nn
 
 from .._types import Item
 from ._labels import TextLocation
-from .llava import ProcessorMLLMAdapter
+from .processor_adapter import ProcessorMLLMAdapter
 from .registry import register_adapter
 
 logger = logging.getLogger(__name__)

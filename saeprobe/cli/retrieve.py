@@ -1,0 +1,127 @@
+"""``saeprobe retrieve``: zero-shot retrieval on an M-BEIR task, base vs whitening."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``retrieve`` and ``sweep``."""
+    p.add_argument("--model", required=True, help="hub id or local folder of a supported model")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="M-BEIR task folder in the MRBench layout (query-*.parquet, corpus-*.parquet, "
+        "qrels-*.parquet)",
+    )
+    p.add_argument("--task", type=int, default=None, help="the paper's task type 1-8 "
+                   "(default: inferred from the modalities)")
+    p.add_argument("--alpha", type=float, default=0.1, help="ReAlign shrinkage (default 0.1)")
+    p.add_argument("--eps", type=float, default=1e-5)
+    p.add_argument("--stats", default="separate", help="whitening statistics: separate (each "
+                   "side its own, the reference), candidates, joint")
+    p.add_argument("--pool", default=None, help="pooling: mean (MLLM default, the paper's), "
+                   "mean_data, last, ...; native (dual-encoder default)")
+    p.add_argument("--limit-queries", type=int, default=None, help="only the first N queries")
+    p.add_argument("--limit-corpus", type=int, default=None,
+                   help="only the first N candidates (smoke tests; changes the task)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cache", default=None, help="embedding cache folder (default "
+                   "~/.cache/saeprobe/retrieval; 'none' to disable)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--model-dtype", default=None,
+                   help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--depth", type=int, default=100, help="neighbours retrieved per query")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "retrieve",
+        help="zero-shot retrieval on an M-BEIR task: base vs ReAlign and other whitening",
+        description=(
+            "Embed the queries and candidates of an M-BEIR task (paper prompts; mean-pooled "
+            "final_norm for MLLMs, the projected embedding for CLIP/SigLIP), cache them, and "
+            "print Recall@1/5/10, MRR and nDCG@10 for each whitening method. Under torchrun "
+            "each rank embeds its share (through the cache folder) and rank 0 scores."
+        ),
+    )
+    add_common(p)
+    p.add_argument("--whiten", default="realign", help="comma-separated methods compared "
+                   "with the base embedding: realign, zca, pca, ledoit_wolf, oas, abtt")
+    p.add_argument("--layer", default="final_norm", help="hook point: final_norm (the paper's) "
+                   "or resid_post.L")
+    p.add_argument("--out", default=None, help="results JSON path")
+    p.set_defaults(func=run)
+
+
+def setup(args: argparse.Namespace):
+    """Load the model and the task; returns (adapter, task, cache, rank)."""
+    import torch
+
+    from saeprobe.cli import CLIError
+    from saeprobe.data.mbeir import open_mbeir
+    from saeprobe.models import load_model, resolve_dtype
+    from saeprobe.retrieval import DEFAULT_CACHE, EmbeddingCache
+
+    try:
+        from saeprobe.distributed import init_distributed
+
+        info = init_distributed()
+        rank, world, local = info.rank, info.world_size, info.local_rank
+    except ImportError:  # pragma: no cover
+        rank, world, local = 0, 1, 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and world > 1:
+        device = f"cuda:{local}"
+    model_dtype = resolve_dtype(args.model_dtype) or (
+        torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    )
+    if args.limit_queries is not None and args.limit_queries < 1:
+        raise CLIError("--limit-queries must be >= 1")
+    task = open_mbeir(
+        args.data, task=args.task, limit_queries=args.limit_queries, limit_corpus=args.limit_corpus
+    )
+    adapter = load_model(args.model, dtype=model_dtype, device=device)
+    cache_dir = None if str(args.cache).lower() == "none" else (args.cache or DEFAULT_CACHE)
+    return adapter, task, EmbeddingCache(cache_dir), rank
+
+
+def make_config(args: argparse.Namespace, methods: list[str]):
+    from saeprobe.retrieval import RetrievalConfig
+
+    return RetrievalConfig(
+        methods=methods,
+        alpha=args.alpha,
+        eps=args.eps,
+        stats=args.stats,
+        pool=args.pool,
+        layer=getattr(args, "layer", "final_norm"),
+        batch_size=args.batch_size,
+        depth=args.depth,
+        device=args.device,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from saeprobe.retrieval import evaluate, format_table, write_json
+    from saeprobe.whitening import canonical_method
+
+    methods = ["none"]
+    for m in (args.whiten or "").split(","):
+        m = m.strip()
+        if m and canonical_method(m) not in methods:
+            methods.append(canonical_method(m))
+    config = make_config(args, methods)
+    adapter, task, cache, rank = setup(args)
+    result = evaluate(adapter, task, config, cache=cache)
+    if result is None:  # not rank 0
+        return 0
+    print(f"{task}  model={args.model}  layer={result.layer}  pool={result.pool}")
+    print(format_table(result.results))
+    if args.out:
+        path = write_json(result.to_dict(), args.out)
+        print(f"results: {path}")
+    return 0
