@@ -144,7 +144,7 @@ def retrieval_attribution(
     x_q: torch.Tensor | None = None,
     x_c: torch.Tensor | None = None,
     normalize: bool = True,
-    chunk_size: int = 4096,
+    chunk_size: int = 16384,
 ) -> Attribution:
     """Aggregate attribution over matched pairs (row p with row p) or over ``pairs``
     ``(query rows [P], candidate rows [P])`` of a retrieval task.

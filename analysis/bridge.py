@@ -83,7 +83,7 @@ def bridge_scores(
     dictionary: torch.Tensor,
     n_top_pairs: int = 50,
     n_candidates: int = 1024,
-    chunk_size: int = 2048,
+    chunk_size: int = 8192,
     exclude_diagonal: bool = False,
 ) -> BridgeResult:
     """Bridge scores from sparse codes of matched pairs (row p of ``img`` matches row p of ``txt``).

@@ -14,7 +14,6 @@ Per concept ``i`` (``z`` = SAE codes, one row per token or per pooled input):
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -142,28 +141,32 @@ class ConceptStatsAccumulator:
             self._update_top(values, indices, torch.as_tensor(sample_id).cpu().long().reshape(-1))
 
     def _update_top(self, values: torch.Tensor, indices: torch.Tensor, sid: torch.Tensor) -> None:
+        import numpy as np
+
         if int(sid.max()) >= 1 << 40 or int(sid.min()) < 0:
             raise ValueError("sample ids must lie in [0, 2**40) to track top inputs")
-        key = (indices << 40) | sid[:, None].expand_as(indices)
-        key = torch.cat([self._top_key, key.reshape(-1)])
-        val = torch.cat([self._top_val, values.reshape(-1).float()])
+        key = ((indices << 40) | sid[:, None].expand_as(indices)).reshape(-1)
+        key = np.concatenate([self._top_key.numpy(), key.numpy()])
+        val = np.concatenate([self._top_val.numpy(), values.reshape(-1).float().numpy()])
         keep = val > 0
         key, val = key[keep], val[keep]
-        uniq, inv = torch.unique(key, return_inverse=True)
-        best = torch.full((uniq.shape[0],), -math.inf).scatter_reduce_(
-            0, inv, val, reduce="amax", include_self=True
-        )
-        concept = uniq >> 40
-        # sort by concept, then by value descending: stable sort on value first, then concept
-        order = torch.argsort(best, descending=True, stable=True)
-        order = order[torch.argsort(concept[order], stable=True)]
-        concept_sorted = concept[order]
-        first = torch.ones_like(concept_sorted, dtype=torch.bool)
-        first[1:] = concept_sorted[1:] != concept_sorted[:-1]
-        start = torch.cummax(torch.where(first, torch.arange(len(first)), 0), 0).values
-        rank = torch.arange(len(first)) - start
-        sel = order[rank < self.top_m]
-        self._top_key, self._top_val = uniq[sel], best[sel]
+        # best activation per (concept, sample): sort by key then value descending
+        o = np.lexsort((-val, key))
+        key, val = key[o], val[o]
+        first = np.ones(len(key), dtype=bool)
+        first[1:] = key[1:] != key[:-1]
+        key, val = key[first], val[first]
+        # top_m samples per concept: sort by concept then value descending, rank in group
+        concept = key >> 40
+        o = np.lexsort((-val, concept))
+        key, val, concept = key[o], val[o], concept[o]
+        start = np.ones(len(key), dtype=bool)
+        start[1:] = concept[1:] != concept[:-1]
+        idx = np.arange(len(key))
+        rank = idx - np.maximum.accumulate(np.where(start, idx, 0))
+        sel = rank < self.top_m
+        self._top_key = torch.from_numpy(np.ascontiguousarray(key[sel]))
+        self._top_val = torch.from_numpy(np.ascontiguousarray(val[sel]))
 
     def merge(self, other: ConceptStatsAccumulator) -> None:
         """Add another accumulator's sums (e.g. from another rank)."""
@@ -172,9 +175,9 @@ class ConceptStatsAccumulator:
         self.sums += other.sums
         self.nnz += other.nnz
         self.rows += other.rows
-        if self.top_m:
-            self._top_key = torch.cat([self._top_key, other._top_key])
-            self._top_val = torch.cat([self._top_val, other._top_val])
+        if self.top_m and other._top_key.numel():
+            sid = other._top_key & ((1 << 40) - 1)
+            self._update_top(other._top_val[:, None], (other._top_key >> 40)[:, None], sid)
 
     def result(self, convention: str = "text") -> ConceptStats:
         """Means over the rows seen so far. Warns (NaN scores) when a modality has no rows."""

@@ -6,7 +6,7 @@ The dense versions build ``[N, c]`` code matrices and ``M = D D^T`` (skipped whe
 ``c x c`` would not fit ``--dense-max-gb``). Default run: small sizes, < 2 min on 2 CPU cores;
 the paper scale is ``--c 32768 --d 4096 --k 50 --tokens 1000000 --pairs 100000``.
 
-    python benchmarks/analysis.py [--c 4096 --d 512 --k 32 --tokens 200000 --pairs 10000]
+    python benchmarks/analysis.py [--c 4096 --d 256 --k 32 --tokens 100000 --pairs 5000]
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ def timed(fn):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--c", type=int, default=4096)
-    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=200_000)
+    ap.add_argument("--tokens", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=8192, help="tokens per accumulator update")
-    ap.add_argument("--pairs", type=int, default=10_000)
+    ap.add_argument("--pairs", type=int, default=5_000)
     ap.add_argument("--n-ablate", type=int, default=16)
     ap.add_argument("--dense-max-gb", type=float, default=2.0)
     ap.add_argument("--no-dense", action="store_true")

@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=None, help="default: 2 (CUDA), 1 (CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--dtypes", default=None, help="comma list of fp32,bf16 (CPU: fp32,bf16; CUDA: bf16,fp32)"
     )
@@ -225,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is None:
             setattr(args, key, val)
     if args.steps is None:
-        args.steps = 10 if device.type == "cuda" else 5
+        args.steps = 10 if device.type == "cuda" else 3
+    if args.warmup is None:
+        args.warmup = 2 if device.type == "cuda" else 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtypes = (args.dtypes or ("bf16,fp32" if device.type == "cuda" else "fp32,bf16")).split(",")
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)

@@ -92,8 +92,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         else:
-            logger.warning("checkpoint has RNG states of %d CUDA devices, this machine has %d",
-                           len(cuda), torch.cuda.device_count())
+            logger.warning(
+                "checkpoint has RNG states of %d CUDA devices, this machine has %d",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
 
 
 def _to_cpu(obj: Any) -> Any:

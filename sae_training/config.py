@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 ARCHS = ("topk", "batchtopk", "jumprelu", "standard")
-AUTOCAST = ("auto", "bf16", "fp16", "none")
+AUTOCAST = ("auto", "bf16", "none")
 
 
 @dataclass
@@ -36,8 +36,11 @@ class TrainConfig:
     dead_window_tokens : int
         A latent is dead when it has not fired in this many tokens.
     autocast : str
-        ``auto`` (bf16 on CUDA, none on CPU), ``bf16``, ``fp16`` or ``none``; master
+        ``auto`` (bf16 on CUDA, none on CPU), ``bf16`` or ``none``; master
         weights and optimizer state are always fp32.
+    prefetch_batches : int | None
+        Batches read ahead by a background thread (pinned for the GPU copy); ``None``:
+        2 on CUDA, 0 on CPU.
     max_bad_batches, max_bad_fraction :
         Stop when more than this many consecutive batches (or this share of all
         batches, checked after 20) contain NaN/Inf.
@@ -80,6 +83,7 @@ class TrainConfig:
     autocast: str = "auto"
     fast: bool = True
     device: str = "auto"
+    prefetch_batches: int | None = None
     max_bad_batches: int = 10
     max_bad_fraction: float = 0.01
     # outputs
@@ -98,7 +102,9 @@ class TrainConfig:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; use one of {', '.join(ARCHS)}")
         if self.autocast not in AUTOCAST:
-            raise ValueError(f"unknown autocast {self.autocast!r}; use one of {', '.join(AUTOCAST)}")
+            raise ValueError(
+                f"unknown autocast {self.autocast!r}; use one of {', '.join(AUTOCAST)}"
+            )
         if self.decay not in ("linear", "cosine"):
             raise ValueError(f"unknown decay {self.decay!r}; use 'linear' or 'cosine'")
         for name in ("width", "k", "log_interval", "dead_window_tokens"):

@@ -34,9 +34,12 @@ def fired_mask(values: torch.Tensor, indices: torch.Tensor | None, width: int) -
     """
     if indices is None:
         return (values != 0).any(0)
-    fired = torch.zeros(width, dtype=torch.bool, device=values.device)
-    fired[indices[values != 0]] = True
-    return fired
+    # scatter-max keeps it free of host syncs (no boolean-mask indexing)
+    hit = torch.zeros(width, dtype=torch.int32, device=values.device)
+    hit.scatter_reduce_(
+        0, indices.reshape(-1).long(), (values != 0).reshape(-1).to(torch.int32), reduce="amax"
+    )
+    return hit > 0
 
 
 class ReconstructionStats:
@@ -145,7 +148,7 @@ class DeadLatentTracker:
 
     def update(self, fired: torch.Tensor, n_tokens: int) -> None:
         self.since += int(n_tokens)
-        self.since[fired] = 0
+        self.since.masked_fill_(fired, 0)
 
     @property
     def dead_mask(self) -> torch.Tensor:
@@ -186,13 +189,19 @@ class MetricsLogger:
         self._wandb = None
         if enabled and wandb_project:
             try:
-                import wandb  # noqa: PLC0415
+                import wandb
             except ImportError:
                 logger.warning("wandb is not installed; logging to metrics.jsonl only")
             else:
-                self._wandb = wandb.init(
-                    project=wandb_project, name=wandb_run_name, config=config or {}, resume="allow"
-                )
+                try:
+                    self._wandb = wandb.init(
+                        project=wandb_project,
+                        name=wandb_run_name,
+                        config=config or {},
+                        resume="allow",
+                    )
+                except Exception as exc:  # offline, not logged in, ...: keep training
+                    logger.warning("wandb.init failed (%s); logging to metrics.jsonl only", exc)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -203,8 +212,10 @@ class MetricsLogger:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record, default=float) + "\n")
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
-                            step=record.get("step"))
+            self._wandb.log(
+                {k: v for k, v in record.items() if isinstance(v, (int, float))},
+                step=record.get("step"),
+            )
 
     def truncate_after(self, step: int) -> None:
         """Drop logged records past ``step`` (a resumed run redoes those steps)."""

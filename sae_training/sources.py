@@ -187,7 +187,9 @@ class StoreSource(ActivationSource):
         Remove SYSTEM tokens (the paper masks the system prompt out of SAE training).
     """
 
-    def __init__(self, store: Any, *, drop_system: bool = True, shuffle: bool = True, seed: int = 0):
+    def __init__(
+        self, store: Any, *, drop_system: bool = True, shuffle: bool = True, seed: int = 0
+    ):
         if isinstance(store, (str, Path)):
             from saeprobe.store import ActivationStore
 
@@ -328,7 +330,8 @@ class CaptureSource(ActivationSource):
 
         if start:
             logger.warning(
-                "resuming an on-the-fly capture: re-running the model over %d skipped batches", start
+                "resuming an on-the-fly capture: re-running the model over %d skipped batches",
+                start,
             )
         yield from itertools.islice(stream(), start, None)
 

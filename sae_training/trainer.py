@@ -44,6 +44,52 @@ logger = logging.getLogger(__name__)
 __all__ = ["BadDataError", "LRSchedule", "TrainResult", "Trainer", "train"]
 
 
+def prefetch(iterable: Any, depth: int, pin: bool = False):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead (same order).
+
+    Exceptions of the producer are re-raised in the consumer; ``pin`` pins tensors for
+    asynchronous host-to-device copies."""
+    import queue
+    import threading
+
+    if depth <= 0:
+        yield from iterable
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if pin and torch.is_tensor(item) and item.device.type == "cpu":
+                    item = item.pin_memory()
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True, name="sae-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 class BadDataError(RuntimeError):
     """Too many batches with NaN / Inf activations."""
 
@@ -105,8 +151,13 @@ class TrainResult:
 
 
 def _resolve_device(name: str) -> torch.device:
+    if name in ("auto", None, "cuda") and torch.cuda.is_available():
+        from saeprobe.distributed import dist_info
+
+        info = dist_info()
+        return torch.device(f"cuda:{info.local_rank}" if info.world_size > 1 else "cuda")
     if name in ("auto", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
@@ -199,8 +250,12 @@ class Trainer:
             sae_d = int(sae.cfg.d_in)
             if cfg.d_in is not None and cfg.d_in != sae_d:
                 raise ValueError(f"config d_in={cfg.d_in} but the given SAE has d_in={sae_d}")
-            cfg = dataclasses.replace(cfg, d_in=sae_d, width=int(sae.cfg.d_sae),
-                                      k=sae.cfg.k if sae.cfg.k is not None else cfg.k)
+            cfg = dataclasses.replace(
+                cfg,
+                d_in=sae_d,
+                width=int(sae.cfg.d_sae),
+                k=sae.cfg.k if sae.cfg.k is not None else cfg.k,
+            )
         if d is not None and cfg.d_in is not None and d != cfg.d_in:
             raise ValueError(
                 f"dimension mismatch: the data has d={d} but the config says d_in={cfg.d_in}; "
@@ -219,6 +274,11 @@ class Trainer:
         self.main = self.rank == 0
         self.device = _resolve_device(cfg.device)
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+        self.prefetch_batches = (
+            cfg.prefetch_batches
+            if cfg.prefetch_batches is not None
+            else (2 if self.device.type == "cuda" else 0)
+        )
 
         self.sae = (sae if sae is not None else build_sae(cfg, cfg.d_in)).to(self.device)
         self.params = [p for p in self.sae.parameters() if p.requires_grad]
@@ -234,8 +294,11 @@ class Trainer:
         else:
             self.total_steps = None
         self.schedule = LRSchedule(
-            cfg.lr, cfg.warmup_steps or 0, resolve_decay_steps(cfg, self.total_steps),
-            self.total_steps, cfg.decay,
+            cfg.lr,
+            cfg.warmup_steps or 0,
+            resolve_decay_steps(cfg, self.total_steps),
+            self.total_steps,
+            cfg.decay,
         )
         self.dead = DeadLatentTracker(cfg.width, cfg.dead_window_tokens, self.device)
         self.stats = ReconstructionStats(cfg.d_in, self.device)
@@ -249,8 +312,11 @@ class Trainer:
         self.initialized = False
         self._steps_since_log = 0
         self.log = MetricsLogger(
-            self.out_dir, enabled=self.main, wandb_project=cfg.wandb_project,
-            wandb_run_name=cfg.wandb_run_name, config=cfg.to_dict(),
+            self.out_dir,
+            enabled=self.main,
+            wandb_project=cfg.wandb_project,
+            wandb_run_name=cfg.wandb_run_name,
+            config=cfg.to_dict(),
         )
         if self.main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,11 +376,17 @@ class Trainer:
             if self.world > 1:
                 self._broadcast_params()
             return
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
         self.resumed_from = path
         self.log.truncate_after(self.step)
-        logger.info("resumed from %s (step %d, %d tokens, epoch %d, batch %d)", path,
-                    self.step, self.tokens, self.epoch, self.batch_in_epoch)
+        logger.info(
+            "resumed from %s (step %d, %d tokens, epoch %d, batch %d)",
+            path,
+            self.step,
+            self.tokens,
+            self.epoch,
+            self.batch_in_epoch,
+        )
 
     # ----- distributed helpers --------------------------------------------------------
     def _broadcast_params(self) -> None:
@@ -361,8 +433,7 @@ class Trainer:
             mode = "bf16" if self.device.type == "cuda" else "none"
         if mode == "none":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _train_step(self, x: torch.Tensor, n_global: int) -> None:
         cfg = self.cfg
@@ -411,8 +482,9 @@ class Trainer:
             p.grad = torch.zeros_like(p)
         self._reduce_grads(0.0)
         self._optimizer_step()
-        fired = self._all_reduce(torch.zeros(self.cfg.width, dtype=torch.int32,
-                                             device=self.device)) > 0
+        fired = (
+            self._all_reduce(torch.zeros(self.cfg.width, dtype=torch.int32, device=self.device)) > 0
+        )
         self.dead.update(fired, n_global)
         self.step += 1
         self.tokens += n_global
@@ -472,7 +544,8 @@ class Trainer:
         bad = x is not None and n > 0 and not bool(torch.isfinite(x).all())
         if self.world > 1:
             flags = torch.tensor(
-                [int(x is not None), n, int(bad)], dtype=torch.long,
+                [int(x is not None), n, int(bad)],
+                dtype=torch.long,
                 device=self.device if self.device.type == "cuda" else "cpu",
             )
             self._all_reduce(flags)
@@ -486,8 +559,12 @@ class Trainer:
     def _handle_bad(self) -> None:
         self.bad_total += 1
         self.bad_consecutive += 1
-        logger.warning("skipping batch %d of epoch %d: NaN/Inf in the activations (%d bad so far)",
-                       self.batch_in_epoch - 1, self.epoch, self.bad_total)
+        logger.warning(
+            "skipping batch %d of epoch %d: NaN/Inf in the activations (%d bad so far)",
+            self.batch_in_epoch - 1,
+            self.epoch,
+            self.bad_total,
+        )
         cfg = self.cfg
         if self.bad_consecutive > cfg.max_bad_batches:
             raise BadDataError(
@@ -513,16 +590,31 @@ class Trainer:
         cfg = self.cfg
         t_start = time.perf_counter()
         t_log, tokens_log = t_start, self.tokens
-        pbar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                    disable=not (self.main and cfg.progress), desc=f"train {cfg.arch}")
+        pbar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.main and cfg.progress),
+            desc=f"train {cfg.arch}",
+        )
         last: dict[str, Any] = {}
         self.sae.train()
         try:
             while not self._done():
-                it = iter(self.source.batches(
-                    self.epoch, cfg.batch_size, rank=self.rank, world_size=self.world,
-                    start=self.batch_in_epoch,
-                ))
+                it = iter(
+                    prefetch(
+                        self.source.batches(
+                            self.epoch,
+                            cfg.batch_size,
+                            rank=self.rank,
+                            world_size=self.world,
+                            start=self.batch_in_epoch,
+                        ),
+                        self.prefetch_batches,
+                        pin=self.device.type == "cuda",
+                    )
+                )
                 stepped = False
                 while not self._done():
                     x, n_global, bad = self._next_global(it)
@@ -547,14 +639,20 @@ class Trainer:
                     if self.step % cfg.log_interval == 0:
                         last = self._log_record(t_log, tokens_log)
                         t_log, tokens_log = time.perf_counter(), self.tokens
-                        pbar.set_postfix(fvu=f"{last.get('fvu', float('nan')):.4f}",
-                                         l0=f"{last.get('l0', 0):.1f}", dead=f"{last['dead']:.3f}")
+                        pbar.set_postfix(
+                            fvu=f"{last.get('fvu', float('nan')):.4f}",
+                            l0=f"{last.get('l0', 0):.1f}",
+                            dead=f"{last['dead']:.3f}",
+                        )
                     if cfg.eval_interval and self.step % cfg.eval_interval == 0:
                         ev = self.evaluate()
                         if ev:
-                            self.log.log({"step": self.step, **{f"eval_{k}": v for k, v in ev.items()}})
+                            self.log.log(
+                                {"step": self.step, **{f"eval_{k}": v for k, v in ev.items()}}
+                            )
                     if cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0:
                         self.save_checkpoint()
+                it.close()  # stops a prefetch thread
                 if self._done():
                     break
                 if not stepped and self.batch_in_epoch == 0:
@@ -579,8 +677,9 @@ class Trainer:
             self._save_final(final, seconds)
         history = list(self.log.records)
         self.log.close()
-        return TrainResult(self.sae, final, self.step, self.tokens, self.bad_total, self.out_dir,
-                           history, seconds)
+        return TrainResult(
+            self.sae, final, self.step, self.tokens, self.bad_total, self.out_dir, history, seconds
+        )
 
     def _save_final(self, metrics: dict[str, Any], seconds: float) -> None:
         info = self.source.describe()
@@ -611,8 +710,9 @@ class Trainer:
             "bad_batches": self.bad_total,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
         }
-        atomic_write_text(self.out_dir / "training.json",
-                          json.dumps(summary, indent=2, default=str))
+        atomic_write_text(
+            self.out_dir / "training.json", json.dumps(summary, indent=2, default=str)
+        )
 
 
 def train(

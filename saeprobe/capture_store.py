@@ -59,10 +59,10 @@ class _PooledWriter:
         self.rows: list[tuple[int, str, dict[str, torch.Tensor]]] = []
         self.parts = sorted(self.dir.glob(f"part-r{rank:03d}-*.safetensors"))
 
-    def next_sample(self) -> int | None:
-        """1 + the last sample index already written by this rank (None: nothing)."""
+    def next_sample(self) -> int:
+        """1 + the last sample index already written by this rank (0: nothing yet)."""
         if not self.parts:
-            return None
+            return 0
         last = load_file(str(self.parts[-1]))["sample_index"]
         return int(last.max()) + 1
 
@@ -119,6 +119,27 @@ def load_pooled(out: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[s
         )
     meta = json.loads((out / "pooled.json").read_text(encoding="utf-8"))
     return load_file(str(path)), meta["item_ids"]
+
+
+def _rank_share(items, rank: int, world: int, start: int, batch_size: int, adapter):
+    """This rank's items (sample ``i`` goes to rank ``i % world``) and the global index of
+    the first one.
+
+    Random-access sources (``item(i)`` + ``n_total``) start at the batch boundary that holds
+    ``start`` without reading (or decoding) the items before it; batch boundaries are those
+    of a run from sample 0, so a resumed capture is bit-identical.
+    """
+    random_access = (
+        callable(getattr(items, "item", None))
+        and hasattr(items, "n_total")
+        and getattr(items, "world_size", 1) == 1
+        and not getattr(adapter, "is_dual_encoder", False)  # tower grouping shifts batches
+    )
+    if random_access and start > rank:
+        local = (start - rank + world - 1) // world  # rank-local position of `start`
+        first = rank + world * ((local // batch_size) * batch_size)
+        return (items.item(i) for i in range(first, items.n_total, world)), first
+    return (it for i, it in enumerate(items) if i % world == rank), rank
 
 
 def capture_to_store(
@@ -182,18 +203,17 @@ def capture_to_store(
         for name, p in zip(names, points, strict=True)
     }
     pooled = _PooledWriter(out, rank)
-    start = min(w.next_sample for w in writers.values())
-    pooled_next = pooled.next_sample()
-    if pooled_next is not None:
-        start = min(start, pooled_next)
+    # pooled parts are flushed after the shards they belong to, so they may lag behind
+    start = min(min(w.next_sample for w in writers.values()), pooled.next_sample())
     if start > 0:
         logger.info("resuming capture into %s at sample %d", out, start)
 
     if all(w.finished for w in writers.values()):
         logger.info("store %s is already complete", out)
         rank_items: Iterable[Item] = ()
+        first = rank
     else:
-        rank_items = (it for i, it in enumerate(items) if i % world == rank)
+        rank_items, first = _rank_share(items, rank, world, start, batch_size, adapter)
     share = None if total is None else max(0, (total - rank + world - 1) // world)
     t0 = time.perf_counter()
     n_tokens, n_items = 0, 0
@@ -212,7 +232,7 @@ def capture_to_store(
         tower=tower,
         bridge=bridge,
         dtype=store_dtype,
-        indices=range(rank, 2**62, world),
+        indices=range(first, 2**62, world),
     ):
         for name, writer in writers.items():
             writer.add(cb.acts[name], cb.sample_id, cb.position, cb.token_id, cb.modality)

@@ -208,6 +208,14 @@ def _write_json(path: Path, obj: dict) -> None:
     _atomic(path, lambda tmp: _write_text(tmp, text), "manifest")
 
 
+def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` on the CPU in ``dtype``, never sharing memory with the caller's tensor."""
+    out = t.detach().to("cpu", dtype)
+    if out.numel() and out.data_ptr() == t.data_ptr():
+        out = out.clone()
+    return out
+
+
 def _modality_counts(modality: torch.Tensor) -> dict[str, int]:
     counts = torch.bincount(modality.to(torch.int64), minlength=len(Modality))
     if counts.numel() > len(Modality):
@@ -542,7 +550,7 @@ class ActivationStoreWriter:
             ("token_id", token_id),
             ("modality", modality),
         ):
-            t = torch.as_tensor(value).detach().to("cpu", LABEL_DTYPES[name]).reshape(-1)
+            t = _owned(torch.as_tensor(value), LABEL_DTYPES[name]).reshape(-1)
             if t.numel() != n:
                 raise ValueError(f"{name} has {t.numel()} entries but acts has {n} rows")
             labels[name] = t
@@ -572,7 +580,7 @@ class ActivationStoreWriter:
                 f"sample {int(sid[0])} was already added (last was {self._last_sample}); "
                 "pass complete samples in increasing sample_id order"
             )
-        acts = acts.detach().to("cpu", self.dtype).contiguous()
+        acts = _owned(acts, self.dtype).contiguous()
         _, counts = torch.unique_consecutive(sid, return_counts=True)
         start = 0
         try:

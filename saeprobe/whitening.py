@@ -656,6 +656,7 @@ class Whitener:
         chunk = self.config.chunk_size
         n_zero = 0
         zero_tol = max(1e-5 * float(torch.linalg.vector_norm(b)), 1e-30)
+        direct = out.dtype == torch.float32 and out.device == dev and out.is_contiguous()
         for s in range(0, n, chunk):
             x = X[s : s + chunk].to(dev, non_blocking=True)
             if half_cuda:
@@ -663,10 +664,14 @@ class Whitener:
                     y = torch.mm(x, w_half, out_dtype=torch.float32).add_(b)
                 except (RuntimeError, TypeError):
                     y = torch.addmm(b, x.float(), w)
+            elif direct:  # write straight into the output rows (no extra copy)
+                y = torch.addmm(b, x if x.dtype == torch.float32 else x.float(), w, out=out[s : s + x.shape[0]])
             else:
                 y = torch.addmm(b, x if x.dtype == torch.float32 else x.float(), w)
             if self.config.normalize:
                 norms = torch.linalg.vector_norm(y, dim=1, keepdim=True)
+                if not torch.isfinite(norms).all():  # NaN/inf anywhere in a row shows here
+                    raise ValueError(_nonfinite_message(x.float()))
                 # rows at the mean give float rounding noise around zero: keep them zero
                 zero = norms <= zero_tol
                 if zero.any():
@@ -674,9 +679,10 @@ class Whitener:
                     y.masked_fill_(zero, 0.0)
                     norms.masked_fill_(zero, 1.0)
                 y.div_(norms)
-            if not torch.isfinite(y).all():
+            elif not torch.isfinite(y).all():
                 raise ValueError(_nonfinite_message(x.float()))
-            out[s : s + y.shape[0]].copy_(y)
+            if not (direct and not half_cuda):
+                out[s : s + y.shape[0]].copy_(y)
         if n_zero:
             logger.warning(
                 "%d rows are zero after whitening (zero inputs, or inputs equal to the mean); "

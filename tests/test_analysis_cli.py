@@ -3,6 +3,7 @@ real `sae.save`; bad inputs give clear errors."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -89,8 +90,18 @@ def test_analyze_cli_writes_report_and_tables(inputs, tmp_path, capsys):
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    from PIL import Image
+
+    lines = []
+    for sid in range(2 * P):
+        if sid % 2 == 0:
+            Image.new("RGB", (40, 30), (0, 0, 200)).save(tmp_path / f"img{sid}.png")
+            lines.append(json.dumps({"id": f"img-{sid}", "image": f"img{sid}.png"}))
+        else:
+            lines.append(json.dumps({"id": f"cap-{sid}", "text": f"caption number {sid}"}))
+    (tmp_path / "items.jsonl").write_text("\n".join(lines))
     out = tmp_path / "report"
-    assert run_cli(inputs, out) == 0
+    assert run_cli(inputs, out, "--data", str(tmp_path / "items.jsonl")) == 0
     printed = capsys.readouterr().out
     assert "textual" in printed and "report:" in printed
     table = pq.read_table(out / "features.parquet").to_pydict()
@@ -121,6 +132,12 @@ def test_analyze_cli_writes_report_and_tables(inputs, tmp_path, capsys):
     for fid in ("energy-vs-modality", "energy-share", "bridge-heatmap", "attribution", "ablation-sweep"):
         assert f'id="fig-{fid}"' in html
     assert "card-" in html and (out / "summary.json").exists()
+    # feature cards show the items behind the top sample ids
+    assert "data:image/png;base64," in html and "caption number" in html
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["textual_energy_share"] == pytest.approx(
+        sum(e for e, t in zip(table["energy_share"], tags) if t == "textual")
+    )
 
 
 def test_token_level_stats_and_limits(inputs):

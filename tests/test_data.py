@@ -257,7 +257,7 @@ def test_folder_without_captions_and_errors(folder):
         ImageFolderSource(folder).ids()
 
 
-def test_detect_type(tmp_path, coco_dir, folder):
+def test_detect_type(tmp_path, coco_dir, folder, monkeypatch):
     assert detect_type(coco_dir) == "coco"
     assert detect_type(folder) == "folder"
     assert detect_type(f"folder:{coco_dir}") == "folder"
@@ -265,6 +265,17 @@ def test_detect_type(tmp_path, coco_dir, folder):
     (mb / "query").mkdir(parents=True)
     (mb / "cand_pool").mkdir()
     assert detect_type(mb) == "mbeir"
+    task = tmp_path / "task7"
+    task.mkdir()
+    for part in ("query", "corpus", "qrels"):
+        (task / f"{part}-00000-of-00001.parquet").write_bytes(b"")
+    assert detect_type(task) == "mbeir"  # parquet files, but M-BEIR's (MRBench layout)
+    import saeprobe.data.mbeir as mbeir
+
+    calls = []
+    monkeypatch.setattr(mbeir, "open_mbeir", lambda path, **kw: calls.append((path, kw)) or "ok")
+    assert open_source(task, limit_queries=3) == "ok"
+    assert calls == [(str(task), {"limit_queries": 3})]
     src = open_source({"type": "coco", "path": str(coco_dir), "mode": "images", "limit": 2})
     assert src.ids() == ["a.jpg", "c.jpg"] and src.spec["mode"] == "images"
     assert src.item_ids() == src.ids() and src.spec["path"] == str(coco_dir)

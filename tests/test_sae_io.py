@@ -241,6 +241,19 @@ def test_weights_only_refuses_pickled_objects(tmp_path):
     torch.save({"model_state": {"x": Evil()}}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="weights_only=True"):
         load_sae(tmp_path / "evil.pt")
+    # numpy numbers in the logs are plain data and stay loadable (still weights_only=True)
+    import numpy as np
+
+    sae = _random_sae("topk", bias=False, pre=False)
+    state = {
+        "encoder.final_block.0.weight": sae.W_enc.detach(),
+        "encoder.final_block.0.bias": sae.b_enc.detach(),
+        "dictionary._weights": sae.W_dec.detach(),
+    }
+    logs = {"loss": [np.float64(0.5)], "r2": np.array([0.1, 0.2], dtype=np.float32)}
+    torch.save({"model_state": state, "logs": logs}, tmp_path / "np.pt")
+    x = torch.randn(4, D)
+    torch.testing.assert_close(load_sae(tmp_path / "np.pt", k=K).encode(x), sae.encode(x))
 
 
 def test_unknown_layout_lists_what_was_found(tmp_path):

@@ -127,6 +127,19 @@ def test_shard_boundaries_do_not_depend_on_call_pattern(tmp_path):
     assert manifest_wo_times(tmp_path / "a") == manifest_wo_times(tmp_path / "b")
 
 
+def test_writer_copies_caller_buffers(tmp_path):
+    w = ActivationStoreWriter(tmp_path / "s", d=D, dtype="fp32", shard_tokens=SHARD_TOKENS)
+    s = make_sample(0)
+    acts = s["acts"].float()
+    w.add(acts, s["sample_id"], s["position"], s["token_id"], s["modality"])
+    acts.zero_()  # a caller reusing its buffer must not change buffered samples
+    s["token_id"].zero_()
+    w.close()
+    got = ActivationStore(tmp_path / "s").read_all()
+    ref = make_sample(0)
+    assert torch.equal(got.acts, ref["acts"].float()) and torch.equal(got.token_id, ref["token_id"])
+
+
 def test_oversized_sample_gets_its_own_shard(tmp_path):
     w = ActivationStoreWriter(tmp_path / "s", d=D, dtype="fp32", shard_tokens=4)
     add_samples(w, range(6))
@@ -254,7 +267,13 @@ def test_add_validates_order_and_shapes(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         w.add(s["acts"][:, :3], s["sample_id"], s["position"], s["token_id"], s["modality"])
     with pytest.raises(ValueError, match="Modality values"):
-        w.add(s["acts"], s["sample_id"], s["position"], s["token_id"], torch.full_like(s["modality"], 7))
+        w.add(
+            s["acts"],
+            s["sample_id"],
+            s["position"],
+            s["token_id"],
+            torch.full_like(s["modality"], 7),
+        )
     with pytest.raises(ValueError, match="entries"):
         w.add(s["acts"], s["sample_id"][:1], s["position"], s["token_id"], s["modality"])
 

@@ -45,9 +45,19 @@ def fvu64(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 
 def test_config_json_round_trip_and_errors(tmp_path):
-    cfg = TrainConfig(arch="jumprelu", d_in=48, width=512, k=8, recipe="paper", lr=1e-3,
-                      batch_size=128, total_tokens=10_000, adam_betas=(0.8, 0.95),
-                      sae_kwargs={"jumprelu_bandwidth": 0.05}, wandb_project="p")
+    cfg = TrainConfig(
+        arch="jumprelu",
+        d_in=48,
+        width=512,
+        k=8,
+        recipe="paper",
+        lr=1e-3,
+        batch_size=128,
+        total_tokens=10_000,
+        adam_betas=(0.8, 0.95),
+        sae_kwargs={"jumprelu_bandwidth": 0.05},
+        wandb_project="p",
+    )
     path = tmp_path / "cfg.json"
     cfg.to_json(path)
     back = TrainConfig.from_json(path)
@@ -102,7 +112,9 @@ def test_reconstruction_stats_match_float64_definitions():
     x_hat = x + 0.3 * torch.randn(300, 7, generator=g)
     st = ReconstructionStats(7)
     for lo in range(0, 300, 128):  # uneven batches
-        st.update(x[lo : lo + 128], x_hat[lo : lo + 128], l0_per_token_sum=2.0 * x[lo : lo + 128].shape[0])
+        st.update(
+            x[lo : lo + 128], x_hat[lo : lo + 128], l0_per_token_sum=2.0 * x[lo : lo + 128].shape[0]
+        )
     m = st.compute()
     xd, hd = x.double(), x_hat.double()
     sse = (xd - hd).pow(2).sum()
@@ -143,8 +155,17 @@ ARCH_SETTINGS = {
 def test_arch_recovers_planted_dictionary(arch):
     x, D = planted(4096)
     held, _ = planted(2048, seed=1)
-    cfg = TrainConfig(arch=arch, width=256, k=4, batch_size=128, warmup_steps=20,
-                      log_interval=8, dead_window_tokens=2048, progress=False, **ARCH_SETTINGS[arch])
+    cfg = TrainConfig(
+        arch=arch,
+        width=256,
+        k=4,
+        batch_size=128,
+        warmup_steps=20,
+        log_interval=8,
+        dead_window_tokens=2048,
+        progress=False,
+        **ARCH_SETTINGS[arch],
+    )
     res = train(cfg, x)
     sae = res.sae.eval()
     with torch.no_grad():
@@ -168,8 +189,9 @@ def _reference_paper_loop(x: torch.Tensor, steps: int, batch: int, width: int, k
 
     cfg = apply_recipe(TrainConfig(recipe="paper", width=width, k=k, seed=seed))
     sae = build_sae(cfg, x.shape[1])
-    W_enc, b_enc, W_dec = (p.detach().clone().requires_grad_(True)
-                           for p in (sae.W_enc, sae.b_enc, sae.W_dec))
+    W_enc, b_enc, W_dec = (
+        p.detach().clone().requires_grad_(True) for p in (sae.W_enc, sae.b_enc, sae.W_dec)
+    )
     opt = torch.optim.Adam([W_enc, b_enc, W_dec], lr=8e-4)
     for s in range(steps):
         xb = x[s * batch : (s + 1) * batch]
@@ -191,8 +213,17 @@ def _reference_paper_loop(x: torch.Tensor, steps: int, batch: int, width: int, k
 
 def test_paper_recipe_equals_reference_loop():
     x, _ = planted(6 * 64, d=16, m=48)
-    cfg = TrainConfig(recipe="paper", width=64, k=5, batch_size=64, epochs=1, seed=7,
-                      shuffle=False, progress=False, fast=True)
+    cfg = TrainConfig(
+        recipe="paper",
+        width=64,
+        k=5,
+        batch_size=64,
+        epochs=1,
+        seed=7,
+        shuffle=False,
+        progress=False,
+        fast=True,
+    )
     res = train(cfg, TensorSource(x, shuffle=False))
     W_enc, b_enc, W_dec = _reference_paper_loop(x, 6, 64, 64, 5, seed=7)
     assert res.step == 6
@@ -219,8 +250,18 @@ def _batches(n_batches: int, bad: set[int], d: int = 16, b: int = 32):
 def test_nan_batches_are_skipped_and_counted(caplog):
     bad = {2, 5, 6}
     data = _batches(10, bad)
-    cfg = TrainConfig(recipe="paper", width=48, k=4, batch_size=32, epochs=1, lr=1e-3,
-                      max_bad_batches=2, max_bad_fraction=0.5, progress=False, log_interval=4)
+    cfg = TrainConfig(
+        recipe="paper",
+        width=48,
+        k=4,
+        batch_size=32,
+        epochs=1,
+        lr=1e-3,
+        max_bad_batches=2,
+        max_bad_fraction=0.5,
+        progress=False,
+        log_interval=4,
+    )
     with caplog.at_level("WARNING"):
         res = train(cfg, IterableSource(data))
     assert res.bad_batches == 3 and res.step == 7 and res.tokens == 7 * 32
@@ -228,13 +269,16 @@ def test_nan_batches_are_skipped_and_counted(caplog):
     assert res.history[-1]["bad_batches"] == 3
     # skipping is exact: same weights as training on the good batches only
     clean = train(cfg, IterableSource([b for i, b in enumerate(data) if i not in bad]))
-    for (name, a), b in zip(res.sae.state_dict().items(), clean.sae.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        res.sae.state_dict().items(), clean.sae.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
 def test_too_many_bad_batches_stop_with_clear_error():
-    cfg = TrainConfig(recipe="paper", width=48, k=4, batch_size=32, epochs=1, progress=False,
-                      max_bad_batches=2)
+    cfg = TrainConfig(
+        recipe="paper", width=48, k=4, batch_size=32, epochs=1, progress=False, max_bad_batches=2
+    )
     with pytest.raises(BadDataError, match="3 consecutive batches had NaN/Inf"):
         train(cfg, IterableSource(_batches(10, {3, 4, 5})))
     spread = {1, 3, 5, 7}  # never 3 in a row, but 4 of 8 > 10%
@@ -245,8 +289,16 @@ def test_too_many_bad_batches_stop_with_clear_error():
 
 def test_dimension_mismatch_is_an_immediate_error(tmp_path):
     x, _ = planted(64, d=16, m=40)
-    cfg = TrainConfig(recipe="paper", d_in=32, width=48, k=4, batch_size=32, epochs=1,
-                      out_dir=str(tmp_path / "run"), progress=False)
+    cfg = TrainConfig(
+        recipe="paper",
+        d_in=32,
+        width=48,
+        k=4,
+        batch_size=32,
+        epochs=1,
+        out_dir=str(tmp_path / "run"),
+        progress=False,
+    )
     with pytest.raises(ValueError, match="dimension mismatch: the data has d=16 .* d_in=32"):
         Trainer(cfg, x)
     assert not (tmp_path / "run").exists()  # failed before anything was written
@@ -270,16 +322,26 @@ def _write_store(path, x: torch.Tensor, tokens_per_sample: int = 16, system: int
     from saeprobe.store import ActivationStoreWriter
 
     n = x.shape[0] // tokens_per_sample
-    with ActivationStoreWriter(path, d=x.shape[1], dtype="fp32", shard_tokens=96,
-                               metadata={"model": "tiny/planted", "hook_point": "final_norm"},
-                               fingerprint="planted-v1") as w:
+    with ActivationStoreWriter(
+        path,
+        d=x.shape[1],
+        dtype="fp32",
+        shard_tokens=96,
+        metadata={"model": "tiny/planted", "hook_point": "final_norm"},
+        fingerprint="planted-v1",
+    ) as w:
         for s in range(n):
             acts = x[s * tokens_per_sample : (s + 1) * tokens_per_sample].clone()
             mod = torch.full((tokens_per_sample,), int(Modality.TEXT), dtype=torch.int8)
             mod[:system] = int(Modality.SYSTEM)
             acts[:system] = float("nan")  # system tokens are dropped before training
-            w.add(acts, torch.full((tokens_per_sample,), s), torch.arange(tokens_per_sample),
-                  torch.arange(tokens_per_sample), mod)
+            w.add(
+                acts,
+                torch.full((tokens_per_sample,), s),
+                torch.arange(tokens_per_sample),
+                torch.arange(tokens_per_sample),
+                mod,
+            )
 
 
 def test_train_from_activation_store(tmp_path):
@@ -290,9 +352,19 @@ def test_train_from_activation_store(tmp_path):
     src = StoreSource(tmp_path / "store", drop_system=True, seed=0)
     assert src.d == 16 and src.n_tokens() == 1024 - 64 * 2
     out = tmp_path / "sae"
-    cfg = TrainConfig(arch="topk", width=64, k=4, lr=3e-3, batch_size=128, epochs=2,
-                      warmup_steps=2, log_interval=5, ckpt_interval=4, progress=False,
-                      out_dir=str(out))
+    cfg = TrainConfig(
+        arch="topk",
+        width=64,
+        k=4,
+        lr=3e-3,
+        batch_size=128,
+        epochs=2,
+        warmup_steps=2,
+        log_interval=5,
+        ckpt_interval=4,
+        progress=False,
+        out_dir=str(out),
+    )
     res = train(cfg, tmp_path / "store")
     assert res.bad_batches == 0 and res.tokens == 2 * 896 and res.step == 2 * 7
     assert math.isfinite(res.metrics["fvu"])
@@ -311,7 +383,63 @@ def test_train_from_activation_store(tmp_path):
     summary = json.loads((out / "training.json").read_text())
     assert summary["steps"] == 14 and summary["config"]["width"] == 64
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "step_000000012.pt", "step_000000014.pt"]
+        "step_000000012.pt",
+        "step_000000014.pt",
+    ]
     # keeping SYSTEM tokens feeds the NaN rows to the trainer: they are caught, not trained on
     with pytest.raises(BadDataError):
         train(cfg.replace(drop_system=False, out_dir=None, max_bad_batches=1), tmp_path / "store")
+
+
+def test_bf16_autocast_keeps_fp32_master_weights():
+    x, _ = planted(1024, d=16, m=40)
+    base = TrainConfig(
+        arch="topk",
+        width=48,
+        k=4,
+        lr=3e-3,
+        batch_size=128,
+        epochs=2,
+        warmup_steps=2,
+        progress=False,
+        fast=False,
+    )
+    fp32 = train(base, x)
+    bf16 = train(base.replace(autocast="bf16"), x)
+    assert all(p.dtype == torch.float32 for p in bf16.sae.parameters())
+    opt_state = bf16.sae.W_dec  # trained in fp32 master precision: not bf16-rounded values
+    assert not torch.equal(opt_state, opt_state.bfloat16().float())
+    assert bf16.metrics["fvu"] == pytest.approx(fp32.metrics["fvu"], abs=0.05)
+    assert not torch.equal(bf16.sae.W_dec, fp32.sae.W_dec)  # autocast really ran in bf16
+    with pytest.raises(ValueError, match="unknown autocast 'fp8'"):
+        TrainConfig(autocast="fp8")
+
+
+def test_prefetch_thread_is_exact_and_propagates_errors():
+    from sae_training.trainer import prefetch
+
+    x, _ = planted(640, d=16, m=40)
+    cfg = TrainConfig(
+        arch="topk",
+        width=48,
+        k=4,
+        lr=3e-3,
+        batch_size=64,
+        total_tokens=500,
+        warmup_steps=2,
+        progress=False,
+    )
+    a = train(cfg, x)
+    b = train(cfg.replace(prefetch_batches=2), x)
+    assert a.step == b.step == 8
+    for (name, t), u in zip(a.sae.state_dict().items(), b.sae.state_dict().values(), strict=True):
+        assert torch.equal(t, u), name
+
+    def broken():
+        yield torch.zeros(2, 3)
+        raise OSError("shard 7 is truncated")
+
+    it = prefetch(broken(), 2)
+    assert next(it).shape == (2, 3)
+    with pytest.raises(OSError, match="shard 7 is truncated"):
+        next(it)

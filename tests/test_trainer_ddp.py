@@ -14,9 +14,26 @@ from sae_training.trainer import train
 # default recipe minus AuxK (AuxK normalises by each shard's residual variance, which is not
 # a mean over tokens): b_dec from the (gathered) first global batch, warm-up + decay,
 # decoder bias, dead-latent counters from the union of the ranks' firing latents.
-CFG = dict(arch="topk", width=48, k=4, lr=3e-3, batch_size=64, epochs=2, auxk_coeff=0.0,
-           warmup_steps=3, dead_window_tokens=128, log_interval=3, ckpt_interval=100,
-           progress=False, seed=5)
+CFG = dict(
+    arch="topk",
+    width=48,
+    k=4,
+    lr=3e-3,
+    batch_size=64,
+    epochs=2,
+    auxk_coeff=0.0,
+    warmup_steps=3,
+    dead_window_tokens=128,
+    log_interval=3,
+    ckpt_interval=100,
+    progress=False,
+    seed=5,
+)
+
+
+# fork skips re-importing torch in the workers (seconds on a loaded machine); the workers
+# set one intra-op thread before any torch op, so no OpenMP pool is used after the fork
+START = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
 
 def _data() -> torch.Tensor:
@@ -46,7 +63,13 @@ def _one_thread():
 
 def test_two_process_gloo_equals_single_process(tmp_path):
     ddp_dir = tmp_path / "ddp"
-    mp.spawn(_worker, args=(2, str(tmp_path / "rdzv"), str(ddp_dir)), nprocs=2, join=True)
+    mp.start_processes(
+        _worker,
+        args=(2, str(tmp_path / "rdzv"), str(ddp_dir)),
+        nprocs=2,
+        join=True,
+        start_method=START,
+    )
     single = train(TrainConfig(out_dir=str(tmp_path / "one"), **CFG), TensorSource(_data(), seed=1))
     assert single.step == 2 * 7  # ceil(400 / 64) batches per epoch
 
@@ -54,8 +77,9 @@ def test_two_process_gloo_equals_single_process(tmp_path):
 
     ddp = load_sae(ddp_dir)  # written by rank 0 only
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        torch.testing.assert_close(getattr(ddp, name), getattr(single.sae, name).detach(),
-                                   rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            getattr(ddp, name), getattr(single.sae, name).detach(), rtol=1e-4, atol=1e-5, msg=name
+        )
     # and they really trained (not equal to the untouched init)
     from sae_training import apply_recipe
     from sae_training.trainer import build_sae

@@ -23,9 +23,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The default recipe exercises every piece of resumable state: AuxK with a dead mask
 # (counters), b_dec from data, LR warm-up and decay, Adam moments, mid-epoch data position.
-CFG = dict(arch="topk", width=64, k=4, lr=3e-3, batch_size=64, epochs=3, warmup_steps=10,
-           dead_window_tokens=64, ckpt_interval=5, log_interval=5, keep_checkpoints=2,
-           progress=False, seed=3)
+CFG = dict(
+    arch="topk",
+    width=64,
+    k=4,
+    lr=3e-3,
+    batch_size=64,
+    epochs=3,
+    warmup_steps=10,
+    dead_window_tokens=64,
+    ckpt_interval=5,
+    log_interval=5,
+    keep_checkpoints=2,
+    progress=False,
+    seed=3,
+)
 
 CHILD = textwrap.dedent(
     """
@@ -72,7 +84,9 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, str(tmp_path / "child.py"), str(tmp_path / "x.pt"), str(run_dir)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.time() + 60
     try:
@@ -113,7 +127,9 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
         for name, t in st.items():
             assert torch.equal(t, cb["optimizer"]["state"][k][name]), (k, name)
     # the metrics log was cut back to the checkpoint and continued without duplicates
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [*range(5, 48, 5), 48]
 
 
@@ -127,6 +143,7 @@ def test_resume_without_checkpoint_starts_fresh_and_rejects_other_settings(tmp_p
     # resuming a finished run does no more steps and keeps the weights
     again = train(cfg, TensorSource(x, seed=3), resume=True)
     assert again.step == 4
-    for (name, t), u in zip(first.sae.state_dict().items(), again.sae.state_dict().values(),
-                            strict=True):
+    for (name, t), u in zip(
+        first.sae.state_dict().items(), again.sae.state_dict().values(), strict=True
+    ):
         assert torch.equal(t, u), name

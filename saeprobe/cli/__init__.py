@@ -11,7 +11,17 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ["capture", "train", "eval_sae", "convert", "analyze", "retrieve", "sweep", "demo"]
+COMMANDS = [
+    "capture",
+    "train",
+    "eval_sae",
+    "convert",
+    "analyze",
+    "retrieve",
+    "sweep",
+    "explore",
+    "demo",
+]
 
 logger = logging.getLogger("saeprobe")
 

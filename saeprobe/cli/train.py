@@ -21,10 +21,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Train an SAE (Top-K, BatchTopK, JumpReLU, Standard) on an activation store; "
         "checkpointed and resumable, DDP under torchrun.",
     )
-    p.add_argument("--activations", required=True, help="activation store folder (saeprobe capture)")
+    p.add_argument(
+        "--activations", required=True, help="activation store folder (saeprobe capture)"
+    )
     p.add_argument("--out", required=True, help="output folder (SAE, checkpoints, metrics.jsonl)")
     p.add_argument("--config", help="TrainConfig JSON (e.g. sae_training/configs/qwen2-vl-7b.json)")
-    p.add_argument("--recipe", choices=["paper", "default"], help="defaults to fill (default: default)")
+    p.add_argument(
+        "--recipe", choices=["paper", "default"], help="defaults to fill (default: default)"
+    )
     p.add_argument("--arch", choices=["topk", "batchtopk", "jumprelu", "standard"])
     p.add_argument("--k", type=int, help="active latents per token (Top-K / BatchTopK)")
     p.add_argument("--width", type=int, help="number of latents")
@@ -43,10 +47,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-system", action="store_true", help="train on SYSTEM tokens too")
     p.add_argument("--log-interval", type=int)
     p.add_argument("--ckpt-interval", type=int)
-    p.add_argument("--eval-activations", help="held-out store evaluated every --eval-interval steps")
+    p.add_argument(
+        "--eval-activations", help="held-out store evaluated every --eval-interval steps"
+    )
     p.add_argument("--eval-interval", type=int)
     p.add_argument("--wandb-project", help="also log to this wandb project (if wandb is installed)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -98,8 +106,8 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from saeprobe.distributed import init_distributed
     from sae_training.trainer import train
+    from saeprobe.distributed import init_distributed
 
     cfg = build_config(args)
     info = init_distributed()

@@ -4,7 +4,8 @@
 
 - ``*.parquet`` file, a glob, or a folder of parquet files: :class:`CocoCaptionSource`
 - a folder with images (and ``captions.csv`` / ``captions.jsonl``): :class:`ImageFolderSource`
-- an M-BEIR folder: ``saeprobe.data.mbeir`` (``from saeprobe.data.mbeir import ...``)
+- an M-BEIR task folder (``query-/corpus-/qrels-*.parquet``, or a folder named
+  ``mbeir_*``): ``saeprobe.data.mbeir.open_mbeir`` (``from saeprobe.data.mbeir import ...``)
 
 A ``"coco:"`` / ``"folder:"`` / ``"mbeir:"`` prefix, or a dict
 ``{"type": ..., "path": ..., **options}``, forces the type.
@@ -43,10 +44,16 @@ def _open_mbeir(path: str, **kw: Any):
 
 
 def _looks_like_mbeir(p: Path) -> bool:
+    """M-BEIR: an MRBench task folder (query-/corpus-/qrels-*.parquet), a folder named
+    ``mbeir_*``, the original layout (``query/``, ``cand_pool/``) or ``mbeir_*.jsonl`` files."""
     if p.is_file():
         return p.suffix == ".jsonl" and "mbeir" in p.name.lower()
-    names = {c.name for c in p.iterdir()} if p.is_dir() else set()
-    if {"query", "cand_pool"} & names:
+    if not p.is_dir():
+        return False
+    names = {c.name for c in p.iterdir()}
+    if p.name.lower().startswith("mbeir_") or {"query", "cand_pool"} & names:
+        return True
+    if any(n.startswith("qrels") and n.endswith(".parquet") for n in names):
         return True
     return any(n.startswith("mbeir_") and n.endswith(".jsonl") for n in names)
 

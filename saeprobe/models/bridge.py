@@ -33,10 +33,39 @@ def bridge_architecture(adapter: Any) -> str:
 
 def supported_bridge_architectures() -> list[str]:
     """Architecture names that TransformerLens can bridge (imports TransformerLens)."""
-    from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
+    from transformer_lens.factories import architecture_adapter_factory as factory
 
-    ArchitectureAdapterFactory.discover_entry_points()
-    return sorted(ArchitectureAdapterFactory._adapters)
+    factory.ArchitectureAdapterFactory.discover_entry_points()
+    # runtime registrations live on the factory; the module constant holds the built-ins
+    adapters = getattr(factory.ArchitectureAdapterFactory, "_adapters", None)
+    return sorted(adapters if adapters is not None else factory.SUPPORTED_ARCHITECTURES)
+
+
+def _use_own_norm_eps(bridge: Any) -> int:
+    """Make bridged norms whose eps differs from the bridge's run the HF module itself.
+
+    TransformerLens re-implements LayerNorm / RMSNorm with the bridge config's (text)
+    ``eps``; a vision tower's norms have their own (CLIP: ``layer_norm_eps=1e-5`` where
+    the Llama decoder has ``1e-6``), so their outputs would drift. The native path fires
+    the same hooks and returns the HF module's own output. Returns how many were switched.
+    """
+    from transformer_lens.model_bridge.generalized_components.normalization import (
+        NormalizationBridge,
+    )
+
+    cfg_eps = float(getattr(bridge.cfg, "eps", 1e-5))
+    switched = 0
+    for module in bridge.modules():
+        if not isinstance(module, NormalizationBridge) or module.use_native_layernorm_autograd:
+            continue
+        original = getattr(module, "original_component", None)
+        eps = getattr(original, "eps", getattr(original, "variance_epsilon", None))
+        if isinstance(eps, (int, float)) and float(eps) != cfg_eps:
+            module.use_native_layernorm_autograd = True
+            switched += 1
+    if switched:
+        logger.debug("%d bridged norms use their own eps (bridge eps %g)", switched, cfg_eps)
+    return switched
 
 
 def make_bridge(adapter: Any, *, tokenizer: Any = None) -> Any:
@@ -47,6 +76,8 @@ def make_bridge(adapter: Any, *, tokenizer: Any = None) -> Any:
     layers become bridge blocks and attention switches to the eager implementation,
     so the adapter and the bridge then run the same modules and give the same
     activations (which may differ in the last bits from an SDPA run before bridging).
+    Norms whose ``eps`` differs from the decoder's (a CLIP vision tower's LayerNorms)
+    run their HF module, so bridged activations equal HF's eager ones exactly.
 
     Parameters
     ----------
@@ -92,8 +123,9 @@ def make_bridge(adapter: Any, *, tokenizer: Any = None) -> Any:
             )
     except ImportError as exc:
         raise BridgeUnsupportedError(
-            f"TransformerLens' bridge for {arch} cannot be built here: {exc} saeprobe does not "
-            "need it; capture with the adapter's own hook points instead (no bridge=...)."
+            f"TransformerLens' bridge for {arch} needs a library that is missing ({exc}); "
+            "install it, or capture with the adapter's own hook points (no bridge=...)."
         ) from exc
+    _use_own_norm_eps(bridge)
     logger.info("built a TransformerLens bridge for %s (%d blocks)", arch, int(bridge.cfg.n_layers))
     return bridge

@@ -238,7 +238,7 @@ class SAE(nn.Module):
     ) -> dict[str, Tensor]:
         B = x.shape[0]
         return {
-            "mse": (x_hat - x).pow(2).mean(),
+            "mse": F.mse_loss(x_hat, x),
             "l1": l1_sum / (B * self.cfg.d_sae),
             "l0": n_active.detach().to(x_hat.dtype) / B,
         }

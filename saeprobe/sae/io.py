@@ -297,9 +297,34 @@ def _copy_checked(param: torch.Tensor, value: torch.Tensor, name: str, path: Pat
 
 
 # ---------------------------------------------------------------------------- paper format
+def _numpy_data_globals() -> list:
+    """numpy scalar / array reconstructors (plain data, e.g. losses in the "logs" entry)."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    names = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+    return [
+        multiarray.scalar,
+        multiarray._reconstruct,
+        np.ndarray,
+        np.dtype,
+        *{type(np.dtype(n)) for n in names},
+    ]
+
+
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "numpy" not in str(exc):
+                raise
+            # still weights_only: only numpy's plain-data reconstructors are added
+            with torch.serialization.safe_globals(_numpy_data_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(
             f"{path}: refused to load, the file holds Python objects that torch.load(weights_only=True) "

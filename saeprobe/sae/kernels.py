@@ -94,13 +94,13 @@ def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, num_rows: int) 
 _CSR_CACHE: list = []
 
 
-def _csr_structure(indices: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
-    """Row pointers and sort order of ``indices`` (cached for the last tensor seen: the encoder
+def _csr_structure(indices: Tensor, num_rows: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Row pointers, sort order and source rows of ``indices`` (cached for the last tensor seen: the encoder
     and decoder backward of one step share their indices)."""
     if _CSR_CACHE:
-        ref, version, rows, crow, order = _CSR_CACHE[0]
+        ref, version, rows, crow, order, src = _CSR_CACHE[0]
         if ref is indices and version == indices._version and rows == num_rows:
-            return crow, order
+            return crow, order, src
     flat = indices.reshape(-1)
     if flat.device.type == "cpu":
         threads = torch.get_num_threads()
@@ -113,25 +113,39 @@ def _csr_structure(indices: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
         sorted_idx, order = flat.sort(stable=True)
     crow = torch.zeros(num_rows + 1, dtype=torch.int64, device=flat.device)
     crow[1:] = torch.bincount(sorted_idx, minlength=num_rows).cumsum(0)
-    _CSR_CACHE[:] = [(indices, indices._version, num_rows, crow, order)]
-    return crow, order
+    src = torch.div(order, indices.shape[1], rounding_mode="floor")
+    _CSR_CACHE[:] = [(indices, indices._version, num_rows, crow, order, src)]
+    return crow, order, src
 
 
 def _scatter_rows_sorted(indices: Tensor, weights: Tensor, rows: Tensor, num_rows: int) -> Tensor:
     # Sort the entries by latent once (on CPU single-threaded: PyTorch's parallel sort, which
     # the embedding_bag backward uses, is very slow on busy machines), then a segment sum with
     # the embedding_bag forward: bag r sums the rows n that have an entry pointing at latent r.
-    n, k = indices.shape
-    crow, order = _csr_structure(indices, num_rows)
+    crow, order, src = _csr_structure(indices, num_rows)
     vals = weights.detach().reshape(-1).to(rows.dtype)[order]
     with _no_autocast(rows.device):
         return F.embedding_bag(
-            torch.div(order, k, rounding_mode="floor"),
+            src,
             rows,
             crow[:-1],
             mode="sum",
             per_sample_weights=vals,
         )
+
+
+_BAG_CACHE: dict = {}
+
+
+def _bag_structure(n: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Offsets ``[n]`` and bag ids ``[n k]`` of ``n`` bags of ``k`` (cached per shape/device)."""
+    key = (n, k, str(device))
+    if key not in _BAG_CACHE:
+        if len(_BAG_CACHE) > 8:
+            _BAG_CACHE.clear()
+        offsets = torch.arange(0, n * k, k, device=device)
+        _BAG_CACHE[key] = (offsets, torch.arange(n, device=device).repeat_interleave(k))
+    return _BAG_CACHE[key]
 
 
 def rows_dot(weight: Tensor, indices: Tensor, rows: Tensor) -> Tensor:
@@ -147,12 +161,23 @@ def rows_dot(weight: Tensor, indices: Tensor, rows: Tensor) -> Tensor:
     -------
     Tensor [N, k] in ``weight.dtype``
     """
-    with torch.enable_grad(), _no_autocast(weight.device):
-        psw = torch.zeros(indices.shape, dtype=weight.dtype, device=weight.device)
-        psw.requires_grad_(True)
-        out = F.embedding_bag(indices, weight.detach(), per_sample_weights=psw, mode="sum")
-        (grad,) = torch.autograd.grad(out, psw, rows.to(weight.dtype))
-    return grad
+    n, k = indices.shape
+    weight = weight.detach()
+    rows = rows.to(weight.dtype).contiguous()
+    flat = indices.reshape(-1)
+    try:  # the per-sample-weight gradient kernel of embedding_bag, called directly
+        offsets, bag = _bag_structure(n, k, flat.device)
+        out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            rows, weight, flat, offsets, bag, 0, -1
+        )
+        return out.reshape(n, k)
+    except (RuntimeError, AttributeError):  # pragma: no cover - private op changed
+        with torch.enable_grad(), _no_autocast(weight.device):
+            psw = torch.zeros(indices.shape, dtype=weight.dtype, device=weight.device)
+            psw.requires_grad_(True)
+            out = F.embedding_bag(indices, weight, per_sample_weights=psw, mode="sum")
+            (grad,) = torch.autograd.grad(out, psw, rows)
+        return grad
 
 
 class _GatherPreActs(torch.autograd.Function):

@@ -64,7 +64,7 @@ class TopKSAE(SAE):
             pre, idx = kernels.topk_select(sae_in, self.W_enc, self.b_enc, k)
             vals = kernels.gather_pre_acts(sae_in, self.W_enc, self.b_enc, idx, pre).relu()
             x_hat = kernels.sparse_decode(vals, idx, self.W_dec, self.b_dec)
-            l1_sum = vals.abs().sum()
+            l1_sum = vals.sum()  # values are ReLU'd: |v| = v
         else:
             pre = None
             z, idx = kernels.dense_topk_reference(sae_in, self.W_enc, self.b_enc, k)

@@ -1,0 +1,145 @@
+"""``saeprobe train`` end to end on a tiny activation store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from saeprobe.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _store(path, n_samples=48, tokens=12, d=16):
+    from saeprobe import Modality
+    from saeprobe.store import ActivationStoreWriter
+
+    g = torch.Generator().manual_seed(4)
+    D = torch.randn(40, d, generator=g)
+    with ActivationStoreWriter(
+        path,
+        d=d,
+        dtype="bf16",
+        shard_tokens=100,
+        metadata={"model": "tiny", "hook_point": "final_norm"},
+        fingerprint="fp-cli",
+    ) as w:
+        for s in range(n_samples):
+            acts = (torch.rand(tokens, 40, generator=g).pow(10) * 3) @ D
+            mod = torch.full(
+                (tokens,), int(Modality.IMAGE if s % 2 else Modality.TEXT), dtype=torch.int8
+            )
+            mod[0] = int(Modality.SYSTEM)
+            w.add(acts, torch.full((tokens,), s), torch.arange(tokens), torch.arange(tokens), mod)
+    return n_samples * (tokens - 1)  # tokens without SYSTEM
+
+
+def test_train_cli_end_to_end_resume_and_errors(tmp_path, capsys):
+    n_tok = _store(tmp_path / "store")
+    out = tmp_path / "sae"
+    argv = [
+        "train",
+        "--activations",
+        str(tmp_path / "store"),
+        "--arch",
+        "topk",
+        "--k",
+        "4",
+        "--width",
+        "64",
+        "--out",
+        str(out),
+        "--batch-size",
+        "96",
+        "--epochs",
+        "2",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--ckpt-interval",
+        "4",
+        "--log-interval",
+        "3",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    steps = 2 * -(-n_tok // 96)
+    assert f"for {steps} steps / {2 * n_tok:,} tokens" in printed
+    assert "fvu" in printed and "r2(paper)" in printed
+    from saeprobe.sae import load_sae
+
+    sae = load_sae(out)
+    assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (16, 64, 4)
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["recipe"] == "default" and cfg["batch_size"] == 96 and cfg["lr"] == 3e-3
+    assert cfg["auxk_coeff"] == 1 / 32 and cfg["drop_system"] is True
+    summary = json.loads((out / "training.json").read_text())
+    assert (
+        summary["tokens"] == 2 * n_tok
+        and summary["metadata"]["training"]["store_fingerprint"] == "fp-cli"
+    )
+
+    # --resume of a finished run: no extra steps, same weights
+    assert main([*argv, "--resume"]) == 0
+    assert f"for {steps} steps" in capsys.readouterr().out
+    torch.testing.assert_close(load_sae(out).W_dec, sae.W_dec, rtol=0, atol=0)
+
+    # a config file for another model: clear dimension error, exit code 2
+    bad = tmp_path / "cfg.json"
+    bad.write_text(
+        json.dumps({"arch": "topk", "d_in": 3584, "width": 64, "k": 4, "recipe": "paper"})
+    )
+    rc = main(
+        [
+            "train",
+            "--activations",
+            str(tmp_path / "store"),
+            "--config",
+            str(bad),
+            "--out",
+            str(tmp_path / "bad"),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "dimension mismatch: the data has d=16" in err and "d_in=3584" in err
+
+    # paper recipe from a config file, --tokens instead of epochs
+    good = tmp_path / "paper.json"
+    good.write_text(json.dumps({"arch": "topk", "width": 32, "k": 3, "recipe": "paper"}))
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(tmp_path / "store"),
+                "--config",
+                str(good),
+                "--out",
+                str(tmp_path / "paper"),
+                "--tokens",
+                "300",
+                "--batch-size",
+                "100",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    paper = json.loads((tmp_path / "paper" / "train_config.json").read_text())
+    assert paper["l1_coeff"] == 0.01 and paper["lr"] == 8e-4 and paper["total_tokens"] == 300
+    assert paper["epochs"] is None
+    assert json.loads((tmp_path / "paper" / "training.json").read_text())["steps"] == 3
+    assert load_sae(tmp_path / "paper").b_dec is None
