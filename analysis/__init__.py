@@ -20,12 +20,13 @@ from .attribution import (
 from .bridge import BridgeResult, bridge_block, bridge_matrix_dense, bridge_partners, bridge_scores
 from .cards import FeatureCard, TopInput, build_card, image_to_png_b64, render_card
 from .codes import Codes, decode, encode_all, to_dense
-from .pairs import Pairs, load_pairs, save_pairs
+from .pairs import Pairs, load_pairs, pairs_from_capture, save_pairs
 from .pipeline import (
     FEATURE_COLUMNS,
     AnalysisConfig,
     AnalysisResult,
     analyze,
+    retrieval_task,
     stats_from_codes,
     stats_from_store,
     write_features,
@@ -68,10 +69,12 @@ __all__ = [
     "load_pairs",
     "modality_score",
     "modality_tags",
+    "pairs_from_capture",
     "pairs_from_relevant",
     "render_card",
     "retrieval_attribution",
     "retrieval_attribution_dense",
+    "retrieval_task",
     "save_pairs",
     "similarity_decomposition",
     "stats_from_codes",

@@ -45,7 +45,9 @@ def ablate(
     D = dictionary.float()
     c, d = D.shape
     if x.ndim != 2 or x.shape[1] != d:
-        raise ValueError(f"embeddings must be [N, {d}] (the dictionary width), got {tuple(x.shape)}")
+        raise ValueError(
+            f"embeddings must be [N, {d}] (the dictionary width), got {tuple(x.shape)}"
+        )
     S = torch.as_tensor(concepts, dtype=torch.long).reshape(-1)
     if S.numel() and (int(S.min()) < 0 or int(S.max()) >= c):
         raise ValueError(f"concept ids must lie in [0, {c})")
@@ -119,12 +121,15 @@ def ablation_sweep(
     method: str = "subtract",
     sides: str = "both",
     bias: torch.Tensor | None = None,
+    query_rows: torch.Tensor | None = None,
 ) -> AblationSweep:
     """Ablate ``ranking[:n]`` for each ``n`` in ``steps`` and evaluate retrieval.
 
     Queries ``x_q [Q, d]`` rank candidates ``x_c [N, d]`` by cosine (rows are L2-normalised);
     ``relevant`` defaults to matched rows (``{q}`` for query ``q``). ``sides``: ``"both"``,
-    ``"query"`` or ``"candidate"``. Recall@k comes from :func:`saeprobe.ranking.recall_at_k`.
+    ``"query"`` or ``"candidate"``. ``query_rows`` evaluates only these queries (all
+    candidates are still searched; ``relevant`` stays indexed by the full query set).
+    Recall@k comes from :func:`saeprobe.ranking.recall_at_k`.
     """
     from saeprobe.ranking import recall_at_k, topk_search
 
@@ -132,8 +137,16 @@ def ablation_sweep(
         raise ValueError(f"sides must be 'both', 'query' or 'candidate', got {sides!r}")
     if relevant is None:
         if x_q.shape[0] != x_c.shape[0]:
-            raise ValueError("without `relevant`, queries and candidates must be matched row by row")
+            raise ValueError(
+                "without `relevant`, queries and candidates must be matched row by row"
+            )
         relevant = [{q} for q in range(x_q.shape[0])]
+    if query_rows is not None:
+        query_rows = torch.as_tensor(query_rows, dtype=torch.long).reshape(-1)
+        x_q = x_q[query_rows]
+        if codes_q is not None:
+            codes_q = (codes_q[0][query_rows], codes_q[1][query_rows])
+        relevant = [relevant[int(q)] for q in query_rows]
     ranking = torch.as_tensor(ranking, dtype=torch.long).reshape(-1)
     steps = list(steps) if steps is not None else default_steps(len(ranking))
     if any(s > len(ranking) or s < 0 for s in steps):
@@ -143,14 +156,23 @@ def ablation_sweep(
     recall: dict[int, list[float]] = {k: [] for k in ks}
     for n in steps:
         S = ranking[:n]
-        q = ablate(x_q, codes_q, dictionary, S, method, bias=bias) if sides != "candidate" else _unit(x_q)
-        c = ablate(x_c, codes_c, dictionary, S, method, bias=bias) if sides != "query" else _unit(x_c)
+        q = (
+            ablate(x_q, codes_q, dictionary, S, method, bias=bias)
+            if sides != "candidate"
+            else _unit(x_q)
+        )
+        c = (
+            ablate(x_c, codes_c, dictionary, S, method, bias=bias)
+            if sides != "query"
+            else _unit(x_c)
+        )
         top = topk_search(q, c, kmax)
         r = recall_at_k(top.indices, relevant, ks)
         for k in ks:
             recall[k].append(float(r[k]))
         logger.info("ablated %d concepts: %s", n, {k: round(v[-1], 4) for k, v in recall.items()})
-    return AblationSweep(list(steps), recall, ranking.tolist(), method)
+    extra = {"n_queries": int(x_q.shape[0]), "n_candidates": int(x_c.shape[0]), "sides": sides}
+    return AblationSweep(list(steps), recall, ranking.tolist(), method, extra)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

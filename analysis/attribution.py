@@ -172,7 +172,9 @@ def retrieval_attribution(
         raise ValueError("no pairs to attribute")
     for x, codes, name in ((x_q, q, "x_q"), (x_c, k, "x_c")):
         if x is not None and (x.shape[0] != codes.values.shape[0] or x.shape[1] != D.shape[1]):
-            raise ValueError(f"{name} must be [{codes.values.shape[0]}, {D.shape[1]}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must be [{codes.values.shape[0]}, {D.shape[1]}], got {tuple(x.shape)}"
+            )
     A = torch.zeros(c, dtype=torch.float64)
     sim = rec = 0.0
     for s in range(0, P, chunk_size):

@@ -147,7 +147,9 @@ def sae_dictionary(sae: Any) -> torch.Tensor:
     """The ``[c, d]`` dictionary of an SAE object (``sae.dictionary``), detached."""
     d = getattr(sae, "dictionary", None)
     if d is None:
-        raise ValueError("the SAE has no `dictionary` attribute [c, d]; load it with saeprobe.load_sae")
+        raise ValueError(
+            "the SAE has no `dictionary` attribute [c, d]; load it with saeprobe.load_sae"
+        )
     return d.detach() if isinstance(d, torch.Tensor) else torch.as_tensor(d)
 
 

@@ -32,7 +32,11 @@ TAG_COLORS = {
 
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
     fig.update_layout(
-        title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=420,
+        title=title,
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        height=420,
         margin=dict(l=60, r=20, t=50, b=50),
     )
     return fig
@@ -68,7 +72,10 @@ def energy_vs_modality(
                 name=f"{tag} ({len(sel)})",
                 marker=dict(
                     color=TAG_COLORS[tag],
-                    size=[4 + 16 * math.sqrt(float(frequency[i]) / fmax) if fmax > 0 else 4 for i in sel],
+                    size=[
+                        4 + 16 * math.sqrt(float(frequency[i]) / fmax) if fmax > 0 else 4
+                        for i in sel
+                    ],
                     opacity=0.7,
                 ),
                 text=[f"concept {i}" for i in sel],
@@ -110,7 +117,9 @@ def bridge_heatmap(block: torch.Tensor, rows: list[int], cols: list[int]) -> go.
             colorbar=dict(title="B_ij"),
         )
     )
-    _layout(fig, "Bridge matrix of the top bridge concepts", "text-side concept", "image-side concept")
+    _layout(
+        fig, "Bridge matrix of the top bridge concepts", "text-side concept", "image-side concept"
+    )
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category", autorange="reversed")
     return fig
@@ -139,7 +148,11 @@ def attribution_sorted(
 
 def load_sweep(obj: Any) -> list[dict]:
     """Normalise a sweep (path, JSON string or dict) to a list of series
-    ``{"name", "x", "recall": {int k: list}, "xlabel"}``; raises on a malformed input."""
+    ``{"name", "x", "recall": {int k: list}, "xlabel"}``; raises on a malformed input.
+
+    Also reads the retrieval sweeps' output (:mod:`saeprobe.sweeps`): ``x_name`` is the axis
+    label and each entry of ``methods`` (``{label: {"recall": ...}}``) becomes a series.
+    """
     if isinstance(obj, (str, Path)):
         p = Path(obj)
         if p.suffix == ".json" or p.exists():
@@ -148,29 +161,45 @@ def load_sweep(obj: Any) -> list[dict]:
             obj = json.loads(str(obj))
     if not isinstance(obj, dict):
         raise ValueError('a sweep must be {"x": [...], "recall": {k: [...]}} or {"series": [...]}')
-    series = obj.get("series", [obj])
+    series = obj.get("series")
+    if series is None and isinstance(obj.get("methods"), dict) and obj["methods"] and "x" in obj:
+        series = [
+            {"name": label, "x": obj["x"], "recall": m.get("recall")}
+            for label, m in obj["methods"].items()
+            if isinstance(m, dict)
+        ]
+    if series is None:
+        series = [obj]
+    top_label = obj.get("xlabel") or obj.get("x_name") or "x"
     out = []
     for i, s in enumerate(series):
-        if "x" not in s or "recall" not in s or not isinstance(s["recall"], dict):
+        if "x" not in s or not isinstance(s.get("recall"), dict):
             raise ValueError(
                 f'sweep series {i} needs "x": [...] and "recall": {{k: [...]}}; got keys {sorted(s)}'
             )
-        rec = {int(k): [float(v) for v in vals] for k, vals in s["recall"].items()}
+        rec = {
+            int(k): [float("nan") if v is None else float(v) for v in vals]
+            for k, vals in s["recall"].items()
+        }
         for k, vals in rec.items():
             if len(vals) != len(s["x"]):
-                raise ValueError(f"sweep series {i}: recall@{k} has {len(vals)} values for {len(s['x'])} x")
+                raise ValueError(
+                    f"sweep series {i}: recall@{k} has {len(vals)} values for {len(s['x'])} x"
+                )
         out.append(
             {
-                "name": s.get("name", obj.get("name", "")),
+                "name": s.get("name") or obj.get("name") or "",
                 "x": list(s["x"]),
                 "recall": rec,
-                "xlabel": s.get("xlabel", obj.get("xlabel", "x")),
+                "xlabel": s.get("xlabel") or s.get("x_name") or top_label,
             }
         )
     return out
 
 
-def recall_curve(sweep: Any, title: str, xlabel: str | None = None, log_x: bool = False) -> go.Figure:
+def recall_curve(
+    sweep: Any, title: str, xlabel: str | None = None, log_x: bool = False
+) -> go.Figure:
     """Recall@k lines over a sweep (see the module docstring for the input format)."""
     series = load_sweep(sweep)
     fig = go.Figure()

@@ -7,9 +7,12 @@ File format (``.safetensors``), row ``p`` of each tensor is pair ``p``:
 * optional ``image_id`` / ``text_id`` int64 [P]: a pair key per row (e.g. the COCO image id);
   when both are present they must be equal row by row;
 * optional safetensors metadata ``image_ids`` / ``text_ids``: JSON lists of string ids, also
-  checked row by row, and ``model`` / ``hook_point``.
+  checked row by row; ``image_keys``: JSON list, one key per row naming the image (rows with
+  the same key share one image, e.g. the 5 captions of a COCO image: retrieval then searches
+  each image once); ``model`` / ``hook_point``.
 
-Write one with :func:`save_pairs`.
+Write one with :func:`save_pairs`, or build pairs from a capture folder
+(``pooled.safetensors``) and its data source with :func:`pairs_from_capture`.
 """
 
 from __future__ import annotations
@@ -31,9 +34,14 @@ class Pairs:
     text_emb: torch.Tensor
     ids: list[str] | None = None
     metadata: dict = field(default_factory=dict)
+    image_keys: list[str] | None = None
 
     def __post_init__(self) -> None:
         check_pairs(self.image_emb, self.text_emb)
+        if self.image_keys is not None and len(self.image_keys) != self.image_emb.shape[0]:
+            raise ValueError(
+                f"{len(self.image_keys)} image keys for {self.image_emb.shape[0]} pairs; give one per row"
+            )
 
     @property
     def n(self) -> int:
@@ -104,7 +112,8 @@ def load_pairs(path: str | os.PathLike) -> Pairs:
         ids = [str(x) for x in a]
     if ids is not None and len(ids) != img.shape[0]:
         raise ValueError(f"pairs: {len(ids)} ids for {img.shape[0]} rows")
-    return Pairs(img, txt, ids, meta)
+    keys = [str(x) for x in json.loads(meta["image_keys"])] if "image_keys" in meta else None
+    return Pairs(img, txt, ids, meta, keys)
 
 
 def save_pairs(
@@ -114,6 +123,7 @@ def save_pairs(
     image_ids: list | torch.Tensor | None = None,
     text_ids: list | torch.Tensor | None = None,
     metadata: dict | None = None,
+    image_keys: list | None = None,
 ) -> Path:
     """Write a pairs file atomically. Integer ids go to ``image_id``/``text_id`` tensors,
     string ids to the metadata."""
@@ -133,6 +143,8 @@ def save_pairs(
             tensors[f"{name}_id"] = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
         else:
             meta[f"{name}_ids"] = json.dumps([str(x) for x in ids])
+    if image_keys is not None:
+        meta["image_keys"] = json.dumps([str(x) for x in image_keys])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -144,3 +156,41 @@ def save_pairs(
             os.unlink(tmp)
         raise
     return path
+
+
+def pairs_from_capture(capture_dir: str | os.PathLike, source, key: str | None = None) -> Pairs:
+    """Matched pairs from a capture folder's ``pooled.safetensors`` and its data source.
+
+    ``source.pairs()`` (an ``images+captions`` source, see :mod:`saeprobe.data`) gives the
+    (image item, caption item) data-order indices; ``key`` picks the pooled embedding
+    (``"<hook point>.<pool>"``, default: the only ``*.mean`` one).
+    """
+    from saeprobe.capture_store import load_pooled
+
+    pooled, item_ids = load_pooled(capture_dir)
+    keys = sorted(k for k in pooled if k != "sample_index")
+    if key is None:
+        means = [k for k in keys if k.endswith(".mean")]
+        if len(means) != 1:
+            raise ValueError(f"pick the pooled embedding with --pool-key, one of {keys}")
+        key = means[0]
+    if key not in pooled:
+        raise ValueError(f"pooled embedding {key!r} not in {capture_dir}; available: {keys}")
+    if not hasattr(source, "pairs"):
+        raise ValueError("the data source has no matched pairs (use an images+captions source)")
+    rows = {int(s): r for r, s in enumerate(pooled["sample_index"].tolist())}
+    img_rows, txt_rows, ids, img_keys = [], [], [], []
+    for p in source.pairs():
+        if p.image_index in rows and p.text_index in rows:
+            img_rows.append(rows[p.image_index])
+            txt_rows.append(rows[p.text_index])
+            ids.append(f"{p.image_id}#{p.caption_index}")
+            img_keys.append(str(p.image_id))
+    if not img_rows:
+        raise ValueError(
+            f"no matched pair of the data source was captured in {capture_dir}; pass the data "
+            "source used for the capture"
+        )
+    emb = pooled[key].float()
+    meta = {"source": str(capture_dir), "pooled_key": key}
+    return Pairs(emb[img_rows], emb[txt_rows], ids, meta, img_keys)

@@ -61,6 +61,9 @@ class AnalysisConfig:
     ks : Recall@k cut-offs.
     query_side : ``"text"`` (t->i, text queries rank images) or ``"image"``.
     normalize_attribution : attribute the cosine (divide by norms) rather than the dot product.
+    sweep_queries : evaluate the ablation sweep on this many evenly spaced queries (all
+        candidates are searched); None: every query.
+    device : device of the SAE encoder.
     """
 
     batch_size: int = 4096
@@ -78,6 +81,7 @@ class AnalysisConfig:
     ks: tuple[int, ...] = (1, 5, 10)
     query_side: str = "text"
     normalize_attribution: bool = True
+    sweep_queries: int | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -85,7 +89,9 @@ class AnalysisConfig:
             self.tags = TagConfig.from_dict(self.tags)
         self.ks = tuple(int(k) for k in self.ks)
         if self.modality_level not in ("input", "token"):
-            raise ValueError(f"modality_level must be 'input' or 'token', got {self.modality_level!r}")
+            raise ValueError(
+                f"modality_level must be 'input' or 'token', got {self.modality_level!r}"
+            )
         if self.query_side not in ("text", "image"):
             raise ValueError(f"query_side must be 'text' or 'image', got {self.query_side!r}")
 
@@ -191,7 +197,9 @@ def stats_from_store(
         # pre-pass over labels only: an input with any image token is an image input
         n_max = 0
         img_ids = []
-        for b in store.batches(1 << 20, shuffle=False, fields=("sample_id", "modality"), exclude=exclude):
+        for b in store.batches(
+            1 << 20, shuffle=False, fields=("sample_id", "modality"), exclude=exclude
+        ):
             n_max = max(n_max, int(b.sample_id.max()) + 1 if b.sample_id.numel() else 0)
             img_ids.append(b.sample_id[b.modality.long() == int(Modality.IMAGE)])
         image_sample = torch.zeros(n_max, dtype=torch.bool)
@@ -207,7 +215,9 @@ def stats_from_store(
     with torch.no_grad():
         for b in store.batches(cfg.batch_size, shuffle=False, exclude=exclude):
             if b.modality is None:
-                raise ValueError("the store has no modality labels; capture it with saeprobe capture")
+                raise ValueError(
+                    "the store has no modality labels; capture it with saeprobe capture"
+                )
             acts = b.acts
             n = acts.shape[0]
             if cfg.max_tokens is not None and seen + n > cfg.max_tokens:
@@ -229,7 +239,10 @@ def stats_from_store(
 
 
 def stats_from_codes(
-    codes: Codes, modality: torch.Tensor, c: int, cfg: AnalysisConfig | None = None,
+    codes: Codes,
+    modality: torch.Tensor,
+    c: int,
+    cfg: AnalysisConfig | None = None,
     sample_id: torch.Tensor | None = None,
 ) -> ConceptStats:
     """Concept statistics of in-memory codes (e.g. of pooled embeddings), one label per row."""
@@ -269,8 +282,10 @@ def analyze(
                 torch.cat([pair_codes[0].indices, pair_codes[1].indices]),
             )
             P = pairs.n
-            mod = torch.cat([torch.full((P,), int(Modality.IMAGE)), torch.full((P,), int(Modality.TEXT))])
-            stats = stats_from_codes(codes, mod, c, cfg, sample_id=torch.arange(2 * P))
+            mod = torch.cat(
+                [torch.full((P,), int(Modality.IMAGE)), torch.full((P,), int(Modality.TEXT))]
+            )
+            stats = stats_from_codes(codes, mod, c, cfg)  # rows are not data items: no top inputs
         else:
             raise ValueError("analyze needs an activation store, pairs, or precomputed stats")
     tags = modality_tags(stats.modality_score, stats.energy, cfg.tags, stats.modality_convention)
@@ -296,13 +311,63 @@ def analyze(
         result.attribution = retrieval_attribution(
             cq, cc, D, x_q=xq, x_c=xc, normalize=cfg.normalize_attribution
         )
-        result.distractors = top_distractors(result.attribution.attribution, cfg.n_distractors).tolist()
+        result.distractors = top_distractors(
+            result.attribution.attribution, cfg.n_distractors
+        ).tolist()
+        sq, sc, relevant = retrieval_task(pairs, cfg.query_side)
         result.sweep = ablation_sweep(
-            xq, xc, cq, cc, D, result.distractors, steps=cfg.ablation_steps, ks=cfg.ks,
-            method=cfg.ablation_method, bias=bias,
+            xq[sq],
+            xc[sc],
+            Codes(cq.values[sq], cq.indices[sq]),
+            Codes(cc.values[sc], cc.indices[sc]),
+            D,
+            result.distractors,
+            relevant=relevant,
+            steps=cfg.ablation_steps,
+            ks=cfg.ks,
+            method=cfg.ablation_method,
+            bias=bias,
+            query_rows=_spaced(len(sq), cfg.sweep_queries),
         )
-    result.tag_share = tag_energy_share(tags, stats.energy, result.is_bridge if pairs is not None else None)
+    result.tag_share = tag_energy_share(
+        tags, stats.energy, result.is_bridge if pairs is not None else None
+    )
     return result
+
+
+def retrieval_task(
+    pairs: Pairs, query_side: str = "text"
+) -> tuple[torch.Tensor, torch.Tensor, list[set[int]]]:
+    """Query rows, candidate rows and relevant sets of the matched-pair retrieval task.
+
+    Without ``pairs.image_keys`` row p is relevant to row p. With them (several captions per
+    image) each image is a single candidate (t->i) or a single query (i->t), so duplicates
+    neither tie nor count twice.
+    """
+    n = pairs.n
+    if pairs.image_keys is None:
+        rows = torch.arange(n)
+        return rows, rows, [{p} for p in range(n)]
+    first: dict[str, int] = {}
+    group, first_rows = [], []
+    for p, key in enumerate(pairs.image_keys):
+        if key not in first:
+            first[key] = len(first)
+            first_rows.append(p)
+        group.append(first[key])
+    uniq = torch.tensor(first_rows, dtype=torch.long)
+    if query_side == "text":
+        return torch.arange(n), uniq, [{g} for g in group]
+    captions: list[set[int]] = [set() for _ in first]
+    for p, g in enumerate(group):
+        captions[g].add(p)
+    return uniq, torch.arange(n), captions
+
+
+def _spaced(n: int, m: int | None) -> torch.Tensor | None:
+    if m is None or m >= n:
+        return None
+    return torch.linspace(0, n - 1, m).round().long().unique()
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -71,16 +71,30 @@ def build_cards(
     for i in concepts:
         stats = {
             k: feats[k][i]
-            for k in ("energy", "energy_share", "frequency", "modality_score", "energy_text",
-                      "energy_image", "bridge_score", "attribution")
+            for k in (
+                "energy",
+                "energy_share",
+                "frequency",
+                "modality_score",
+                "energy_text",
+                "energy_image",
+                "bridge_score",
+                "attribution",
+            )
         }
         partners = []
         if result.pair_codes is not None and result.bridge is not None:
             partners = bridge_partners(i, *result.pair_codes, result.dictionary, n_partners)
         cards.append(
             build_card(
-                i, stats, result.tags[i], result.stats.top_inputs.get(i, []), items, partners,
-                bool(result.is_bridge[i]), i in dset,
+                i,
+                stats,
+                result.tags[i],
+                result.stats.top_inputs.get(i, []),
+                items,
+                partners,
+                bool(result.is_bridge[i]),
+                i in dset,
             )
         )
     return cards
@@ -127,7 +141,9 @@ def report_figures(
             )
         )
     if layer_sweep is not None:
-        out.append(("recall-vs-layer", figures.recall_curve(layer_sweep, "Recall@k vs layer", "layer")))
+        out.append(
+            ("recall-vs-layer", figures.recall_curve(layer_sweep, "Recall@k vs layer", "layer"))
+        )
     if alpha_sweep is not None:
         out.append(
             (
@@ -159,17 +175,25 @@ def render_report(
     for fid, fig in figs:
         parts.append(
             f"<div class='figure' data-figure='{fid}'>"
-            + fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{fid}",
-                          config={"displaylogo": False})
+            + fig.to_html(
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=f"fig-{fid}",
+                config={"displaylogo": False},
+            )
             + "</div>"
         )
     summ = result.summary()
     share = result.tag_share
-    conv = "1 = textual" if result.stats.modality_convention == "text" else "1 = visual"
+    conv = (
+        "1 = textual: E_tau / (E_iota + E_tau) (the paper's)"
+        if result.stats.modality_convention == "text"
+        else "1 = visual: E_iota / (E_iota + E_tau) (Papadimitriou et al.)"
+    )
     rows = [
         ("concepts (c)", result.c),
         ("rows per label", ", ".join(f"{k}={v:,}" for k, v in result.stats.n_rows.items())),
-        ("modality score convention", f"{conv} (E_tau / (E_iota + E_tau) in the paper's)"),
+        ("modality score convention", conv),
         ("textual energy share", f"{100 * share.get('textual', float('nan')):.1f}%"),
         ("visual energy share", f"{100 * share.get('visual', float('nan')):.1f}%"),
         ("bimodal energy share", f"{100 * share.get('bimodal', float('nan')):.1f}%"),

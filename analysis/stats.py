@@ -186,7 +186,9 @@ class ConceptStatsAccumulator:
         nnz = self.nnz.view(N_LABELS, c)
         n_all = int(self.rows.sum())
         if n_all == 0:
-            raise ValueError("no code rows were accumulated; the activation store or pairs are empty")
+            raise ValueError(
+                "no code rows were accumulated; the activation store or pairs are empty"
+            )
         energy = sums.sum(0) / n_all
         total = float(energy.sum())
         share = energy / total if total > 0 else torch.zeros_like(energy)

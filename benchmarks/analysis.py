@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis import (  # noqa: E402
     ConceptStatsAccumulator,
     ablate,
+    ablation_sweep,
     bridge_scores,
     retrieval_attribution,
     top_distractors,
@@ -45,7 +46,9 @@ def timed(fn):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--c", type=int, default=4096)
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--k", type=int, default=32)
@@ -53,6 +56,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8192, help="tokens per accumulator update")
     ap.add_argument("--pairs", type=int, default=5_000)
     ap.add_argument("--n-ablate", type=int, default=16)
+    ap.add_argument(
+        "--sweep-queries", type=int, default=1000, help="queries evaluated in the sweep (0: all)"
+    )
     ap.add_argument("--dense-max-gb", type=float, default=2.0)
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
@@ -65,8 +71,24 @@ def main() -> None:
     D = D / D.norm(dim=1, keepdim=True)
     dense_ok = not a.no_dense and (c * c * 8) / 2**30 <= a.dense_max_gb
     dense_codes_ok = not a.no_dense and (a.batch * c * 8) / 2**30 <= a.dense_max_gb
-    print(f"c={c} d={d} k={k} tokens={a.tokens:,} pairs={a.pairs:,} threads={torch.get_num_threads()}")
+    print(
+        f"c={c} d={d} k={k} tokens={a.tokens:,} pairs={a.pairs:,} threads={torch.get_num_threads()}"
+    )
     rows = []
+    print(
+        f"{'step':34s} {'sparse s':>9s} {'dense s':>9s} {'ratio':>7s}  throughput (sparse)",
+        flush=True,
+    )
+
+    class Rows(list):
+        def append(self, row):
+            super().append(row)
+            name, ts, td, n, unit = row
+            dd = f"{td:9.3f}" if td is not None else f"{'skipped':>9s}"
+            ratio = f"{td / ts:6.1f}x" if td is not None else f"{'-':>7s}"
+            print(f"{name:34s} {ts:9.3f} {dd} {ratio}  {n / ts:,.0f} {unit}/s", flush=True)
+
+    rows = Rows()
 
     # ---- statistics
     batches = []
@@ -104,6 +126,7 @@ def main() -> None:
     br, ts = timed(lambda: bridge_scores(img, txt, D, n_candidates=min(c, 1024)))
     td = None
     if dense_ok:
+
         def dense_bridge():
             M = D.double() @ D.double().T
             out = torch.zeros(c, c, dtype=torch.float64)
@@ -122,6 +145,7 @@ def main() -> None:
     at, ts = timed(lambda: retrieval_attribution(txt, img, D, normalize=False))
     td = None
     if dense_ok:
+
         def dense_attr():
             M = D @ D.T
             out = torch.zeros(c, dtype=torch.float64)
@@ -135,46 +159,54 @@ def main() -> None:
         assert torch.allclose(at.attribution, ref, atol=1e-3)
     rows.append(("attribution", ts, td, a.pairs, "pairs"))
 
-    # ---- ablation sweep (subtract) with exhaustive search + Recall@k
+    # ---- ablation: the operator alone, then the sweep with exhaustive search + Recall@k
     from analysis.codes import decode
 
     xq = decode(*txt, D) + 0.05 * torch.randn(a.pairs, d, generator=g)
     xc = decode(*img, D) + 0.05 * torch.randn(a.pairs, d, generator=g)
     rank = top_distractors(at.attribution, a.n_ablate)
-    steps = [0, 1, 2, 4, 8, a.n_ablate]
+    steps = sorted({0, 1, 2, 4, 8, a.n_ablate})
+    nq = min(a.pairs, a.sweep_queries) if a.sweep_queries else a.pairs
+    qrows = torch.linspace(0, a.pairs - 1, nq).round().long().unique()
     rel = [{q} for q in range(a.pairs)]
-
-    def sweep(op):
-        out = []
-        for n in steps:
-            q, cand = op(xq, txt, rank[:n]), op(xc, img, rank[:n])
-            out.append(recall_at_k(topk_search(q, cand, 10).indices, rel, (1, 5, 10))[1])
-        return out
-
-    def sparse_op(x, codes, S):
-        return ablate(x, codes, D, S, "subtract")
 
     def dense_op(x, codes, S):
         out = x.clone()
+        mask = torch.zeros(c)
+        mask[S] = 1
         for s in range(0, x.shape[0], 4096):
             z = to_dense(codes[0][s : s + 4096], codes[1][s : s + 4096], c)
-            mask = torch.zeros(c)
-            mask[S] = 1
             out[s : s + 4096] -= (z * mask) @ D
         return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    r_s, ts = timed(lambda: sweep(sparse_op))
+    def ops(op):
+        for n in steps:
+            op(xq, txt, rank[:n])
+            op(xc, img, rank[:n])
+
+    _, ts = timed(lambda: ops(lambda x, codes, S: ablate(x, codes, D, S, "subtract")))
+    td = timed(lambda: ops(dense_op))[1] if dense_codes_ok else None
+    rows.append((f"ablation op ({len(steps)} steps x 2)", ts, td, 2 * len(steps) * a.pairs, "rows"))
+
+    def dense_sweep():
+        out = []
+        for n in steps:
+            q = dense_op(xq[qrows], (txt[0][qrows], txt[1][qrows]), rank[:n])
+            cand = dense_op(xc, img, rank[:n])
+            r = recall_at_k(topk_search(q, cand, 10).indices, [rel[int(i)] for i in qrows], (1,))
+            out.append(r[1])
+        return out
+
+    sw, ts = timed(
+        lambda: ablation_sweep(
+            xq, xc, txt, img, D, rank, steps=steps, ks=(1, 5, 10), query_rows=qrows
+        )
+    )
     td = None
     if dense_codes_ok:
-        r_d, td = timed(lambda: sweep(dense_op))
-        assert max(abs(x - y) for x, y in zip(r_s, r_d)) < 0.01
-    rows.append((f"ablation sweep ({len(steps)} steps)", ts, td, a.pairs, "pairs"))
-
-    print(f"{'step':28s} {'sparse s':>9s} {'dense s':>9s} {'ratio':>7s}  throughput (sparse)")
-    for name, ts, td, n, unit in rows:
-        dd = f"{td:9.3f}" if td is not None else f"{'skipped':>9s}"
-        ratio = f"{td / ts:6.1f}x" if td is not None else f"{'-':>7s}"
-        print(f"{name:28s} {ts:9.3f} {dd} {ratio}  {n / ts:,.0f} {unit}/s")
+        r_d, td = timed(dense_sweep)
+        assert max(abs(x - y) for x, y in zip(sw.recall[1], r_d)) < 0.01
+    rows.append((f"sweep+search ({len(steps)} st, {nq} q)", ts, td, len(steps) * nq, "queries"))
 
 
 if __name__ == "__main__":

@@ -48,23 +48,30 @@ class Timer:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def __call__(self, fn: Callable[[], object], steps: int, warmup: int) -> float:
-        for _ in range(warmup):
+    def once(self, fn: Callable[[], object]) -> float:
+        if self.cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            a.record()
             fn()
-        times = []
+            b.record()
+            torch.cuda.synchronize()
+            return a.elapsed_time(b)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    def __call__(self, fns: list[Callable[[], object]], steps: int, warmup: int) -> list[float]:
+        """Median ms of each function, timed round-robin (one call of each per round) so that
+        a machine whose load changes during the run affects every entry alike."""
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
+        times: list[list[float]] = [[] for _ in fns]
         for _ in range(steps):
-            if self.cuda:
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                torch.cuda.synchronize()
-                times.append(a.elapsed_time(b))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+            for i, fn in enumerate(fns):
+                times[i].append(self.once(fn))
+        return [statistics.median(t) for t in times]
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -180,28 +187,19 @@ def breakdown(sae, args, device, x, bf16, timer) -> dict[str, float]:
         opt.step()
         sae.normalize_dictionary_()
 
-    t = {
-        name: timer(fn, args.steps, args.warmup)
-        for name, fn in [
-            ("encoder matmul", encoder),
-            ("top-k", topk),
-            ("gather + sparse decode", decode),
-            ("sparse fwd + backward", backward),
-            ("clip + Adam + renorm", optimizer),
-        ]
-    }
+    named = [
+        ("encoder matmul", encoder),
+        ("top-k", topk),
+        ("gather + sparse decode", decode),
+        ("sparse fwd + backward", backward),
+        ("clip + Adam + renorm", optimizer),
+    ]
+    times = timer([fn for _, fn in named], args.steps, args.warmup)
+    t = {name: ms for (name, _), ms in zip(named, times)}
     t["sparse backward (= row above - fwd)"] = max(
         t["sparse fwd + backward"] - t["gather + sparse decode"], 0.0
     )
     return t
-
-
-def floors(x, W, bias, k, device, bf16, timer, args) -> tuple[float, float]:
-    """Encoder matmul and torch.topk times (ms): what no Top-K implementation avoids."""
-    with autocast(device, bf16), torch.no_grad():
-        enc = timer(lambda: F.linear(x, W, bias), args.steps, args.warmup)
-        pre = F.linear(x, W, bias)
-    return enc, timer(lambda: pre.topk(k, 1, sorted=False), args.steps, args.warmup)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,33 +242,46 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(
         f"# SAE training step: d={args.d} c={args.c} k={args.k} B={B} on {args.device} ({name}), "
-        f"torch {torch.__version__}, median of {args.steps} after {args.warmup} warm-ups\n"
+        f"torch {torch.__version__}, median of {args.steps} round-robin rounds after "
+        f"{args.warmup} warm-ups\n"
     )
 
     rows: list[tuple[str, str, float]] = []
     W = torch.randn(args.c, args.d, device=device) / args.d**0.5
     bias = torch.zeros(args.c, device=device)
-    for dt in dtypes:
-        enc_ms, topk_ms = floors(x, W, bias, args.k, device, dt == "bf16", timer, args)
-        rows.append(("floor: encoder matmul", dt, enc_ms))
-        rows.append(("floor: torch.topk", dt, topk_ms))
     TopKOC = None if args.skip_peers else import_overcomplete_topk()
     for dt in dtypes:
         bf16 = dt == "bf16"
-        impls: list[tuple[str, Callable]] = []
-        _, fast_step = make_ours(args, device, fast=True)
-        impls.append(("saeprobe fast (sparse)", fast_step))
-        impls.append(("saeprobe eager (dense)", make_ours(args, device, fast=False)[1]))
+        with autocast(device, bf16), torch.no_grad():
+            pre = F.linear(x, W, bias)
+
+        def enc(bf16=bf16):
+            with autocast(device, bf16), torch.no_grad():
+                F.linear(x, W, bias)
+
+        impls: list[tuple[str, Callable]] = [
+            ("floor: encoder matmul", enc),
+            ("floor: torch.topk", lambda pre=pre: pre.topk(args.k, 1, sorted=False)),
+        ]
+        makers = [
+            ("saeprobe fast (sparse)", lambda: make_ours(args, device, fast=True)[1]),
+            ("saeprobe eager (dense)", lambda: make_ours(args, device, fast=False)[1]),
+        ]
         if not args.skip_peers:
-            impls.append(("sae-lens TopKTrainingSAE", make_sae_lens(args, device)))
+            makers.append(("sae-lens TopKTrainingSAE", lambda: make_sae_lens(args, device)))
             if TopKOC is not None:
-                impls.append(
-                    ("overcomplete TopKSAE (paper)", make_overcomplete(args, device, TopKOC))
+                makers.append(
+                    (
+                        "overcomplete TopKSAE (paper)",
+                        lambda: make_overcomplete(args, device, TopKOC),
+                    )
                 )
-        for label, step in impls:
-            rows.append((label, dt, timer(lambda s=step: s(x, bf16), args.steps, args.warmup)))  # noqa: B023
-            del step
-        impls.clear()
+        for label, make in makers:
+            step = make()
+            impls.append((label, lambda s=step, bf16=bf16: s(x, bf16)))
+        times = timer([fn for _, fn in impls], args.steps, args.warmup)
+        rows.extend((label, dt, ms) for (label, _), ms in zip(impls, times))
+        del impls, pre
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -280,20 +291,25 @@ def main(argv: list[str] | None = None) -> int:
     for lab, dt, ms in rows:
         ratio = "" if lab.startswith(("floor", "saeprobe fast")) else f"{ms / fast[dt]:.2f}x"
         print(f"| {lab} | {dt} | {ms:.1f} | {B / ms * 1e3:,.0f} | {ratio} |")
-    peers = [(lab, dt, ms) for lab, dt, ms in rows if lab.startswith(("sae-lens", "overcomplete"))]
-    if peers:
-        best = min(peers, key=lambda r: r[2])
-        print(
-            f"\nfastest peer: {best[0]} {best[1]} {best[2]:.1f} ms; "
-            f"saeprobe fast best: {min(fast.values()):.1f} ms "
-            f"({best[2] / min(fast.values()):.2f}x)"
-        )
+    print()
+    for dt in dtypes:
+        peers = [
+            (lab, ms)
+            for lab, d_, ms in rows
+            if d_ == dt and lab.startswith(("sae-lens", "overcomplete"))
+        ]
+        if peers:
+            lab, ms = min(peers, key=lambda r: r[1])
+            print(
+                f"{dt}: saeprobe fast {fast[dt]:.1f} ms/step ({B / fast[dt] * 1e3:,.0f} tokens/s) is "
+                f"{ms / fast[dt]:.2f}x the faster peer ({lab}, {ms:.1f} ms)"
+            )
 
     for dt in dtypes:
         bf16 = dt == "bf16"
         sae, _ = make_ours(args, device, fast=True)
         parts = breakdown(sae, args, device, x, bf16, timer)
-        print(f"\nBreakdown of the fast step ({dt}), each part timed alone:\n")
+        print(f"\nBreakdown of the fast step ({dt}), each part timed alone (round-robin):\n")
         print("| part | ms |")
         print("|---|---:|")
         for key, ms in parts.items():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 #: per-query relevant candidates: a set of row indices, or a dict row -> graded gain
-Relevant = Union[Sequence[set], Sequence[Mapping], torch.Tensor, np.ndarray]
+Relevant = Sequence[set] | Sequence[Mapping] | torch.Tensor | np.ndarray
 
 __all__ = [
     "TopK",
@@ -236,9 +236,7 @@ def hits_matrix(indices: torch.Tensor | np.ndarray, relevant: Relevant) -> np.nd
     if isinstance(relevant, (torch.Tensor, np.ndarray)):
         rel = relevant.detach().cpu().numpy() if torch.is_tensor(relevant) else relevant
         if rel.ndim != 2 or rel.shape[0] != n_q:
-            raise ValueError(
-                f"relevance matrix must be [Q={n_q}, N], got shape {tuple(rel.shape)}"
-            )
+            raise ValueError(f"relevance matrix must be [Q={n_q}, N], got shape {tuple(rel.shape)}")
         rel = rel.astype(bool)
         if idx.size and idx.max() >= rel.shape[1]:
             raise ValueError(

@@ -44,7 +44,9 @@ from .whitening import STATS_MODES, canonical_method, whiten_pair
 logger = logging.getLogger(__name__)
 
 NATIVE = "native"
-DEFAULT_CACHE = Path(os.environ.get("SAEPROBE_CACHE", Path.home() / ".cache" / "saeprobe")) / "retrieval"
+DEFAULT_CACHE = (
+    Path(os.environ.get("SAEPROBE_CACHE", Path.home() / ".cache" / "saeprobe")) / "retrieval"
+)
 
 __all__ = [
     "EmbeddingCache",
@@ -162,7 +164,9 @@ def model_fingerprint(adapter: Any) -> dict:
 def data_fingerprint(files: Sequence[Path], ids: Sequence[str], kind: str, prompt: str) -> dict:
     """Files (name, size, mtime), ids and the prompt of one side."""
     return {
-        "files": [(Path(f).name, Path(f).stat().st_size, int(Path(f).stat().st_mtime)) for f in files],
+        "files": [
+            (Path(f).name, Path(f).stat().st_size, int(Path(f).stat().st_mtime)) for f in files
+        ],
         "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
         "n": len(ids),
         "kind": kind,
@@ -182,8 +186,12 @@ class EmbeddingCache:
     def __init__(self, root: str | os.PathLike | None):
         self.root = Path(root) if root is not None else None
 
-    def key(self, model_fp: dict, data_fp: dict, pool: str, layer: str, extra: dict | None = None) -> str:
-        return _hash({"model": model_fp, "data": data_fp, "pool": pool, "layer": layer, **(extra or {})})[:24]
+    def key(
+        self, model_fp: dict, data_fp: dict, pool: str, layer: str, extra: dict | None = None
+    ) -> str:
+        return _hash(
+            {"model": model_fp, "data": data_fp, "pool": pool, "layer": layer, **(extra or {})}
+        )[:24]
 
     def path(self, key: str, side: str) -> Path | None:
         return None if self.root is None else self.root / f"{side}-{key}.safetensors"
@@ -413,7 +421,9 @@ def task_embeddings(
             batch_size=batch_size,
             desc=f"{side_name} (rank {rank})" if world_size > 1 else side_name,
         )
-        logger.info("%s: embedded %d items in %.1f s", side_name, stop - start, time.perf_counter() - t0)
+        logger.info(
+            "%s: embedded %d items in %.1f s", side_name, stop - start, time.perf_counter() - t0
+        )
         if world_size > 1:
             for nm, emb in part.items():
                 _atomic_save(
@@ -430,7 +440,13 @@ def task_embeddings(
                 keys[nm],
                 side_name,
                 emb,
-                {"model": mfp["model"], "pool": pool, "layer": nm, "n": len(side), "side": side_name},
+                {
+                    "model": mfp["model"],
+                    "pool": pool,
+                    "layer": nm,
+                    "n": len(side),
+                    "side": side_name,
+                },
             )
         result[side_name] = part
     if rank != 0:
@@ -505,7 +521,13 @@ def score_methods(
         if method == "realign":
             kw["alpha"] = config.alpha if alpha is None else alpha
         q, c = whiten_pair(
-            queries.to(dev), candidates.to(dev), method, stats=config.stats, support=support, device=dev, **kw
+            queries.to(dev),
+            candidates.to(dev),
+            method,
+            stats=config.stats,
+            support=support,
+            device=dev,
+            **kw,
         )
         top = topk_search(q, c, config.depth, chunk_size=config.chunk_size, device=dev)
         m = ranking_metrics(

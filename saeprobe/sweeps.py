@@ -76,7 +76,12 @@ def alpha_sweep(
     if bad:
         raise ValueError(f"alpha values must lie in [0, 1], got {bad}")
     emb = task_embeddings(
-        adapter, task, layers=[config.layer], pool=config.pool, batch_size=config.batch_size, cache=cache
+        adapter,
+        task,
+        layers=[config.layer],
+        pool=config.pool,
+        batch_size=config.batch_size,
+        cache=cache,
     )
     if emb is None:
         return None
@@ -85,7 +90,9 @@ def alpha_sweep(
     c = validate_embeddings(emb["corpus"][name], task.corpus.ids, "candidate")
     rel = task.relevant_rows(graded=task.gains is not None)
     base = score_methods(q, c, rel, config, methods=["none"])["base"]
-    per = [score_methods(q, c, rel, config, methods=["realign"], alpha=a)["realign"] for a in alphas]
+    per = [
+        score_methods(q, c, rel, config, methods=["realign"], alpha=a)["realign"] for a in alphas
+    ]
     series = _series(per, config.ks, config.ndcg_k)
     return {
         "x": [float(a) for a in alphas],
@@ -128,7 +135,12 @@ def layer_sweep(
     idx = list(range(n_layers)) if layers is None else [int(i) % n_layers for i in layers]
     points = [f"resid_post.{i}" for i in idx] + (["final_norm"] if include_final_norm else [])
     emb = task_embeddings(
-        adapter, task, layers=points, pool=config.pool or "mean", batch_size=config.batch_size, cache=cache
+        adapter,
+        task,
+        layers=points,
+        pool=config.pool or "mean",
+        batch_size=config.batch_size,
+        cache=cache,
     )
     if emb is None:
         return None
@@ -183,10 +195,15 @@ def sweep_figure(sweep: dict[str, Any], path: str | os.PathLike, *, k: int | Non
                 )
     title = f"{Path(str(sweep.get('data', ''))).name} (task {sweep.get('task')}): recall vs {sweep['x_name']}"
     fig.update_layout(
-        title=title, xaxis_title=sweep["x_name"], yaxis_title="Recall@k (%)", template="plotly_white"
+        title=title,
+        xaxis_title=sweep["x_name"],
+        yaxis_title="Recall@k (%)",
+        template="plotly_white",
     )
     if sweep["x_name"] == "alpha":
-        fig.update_xaxes(type="log" if all(x > 0 for x in sweep["x"]) and len(sweep["x"]) > 2 else "linear")
+        fig.update_xaxes(
+            type="log" if all(x > 0 for x in sweep["x"]) and len(sweep["x"]) > 2 else "linear"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +245,9 @@ class CovarianceAccumulator:
         n = na + nb
         ob_mean = other._mean.to(self._mean.device)
         delta = ob_mean - self._mean
-        self._m2 = self._m2 + other._m2.to(self._m2.device) + torch.outer(delta, delta) * (na * nb / n)
+        self._m2 = (
+            self._m2 + other._m2.to(self._m2.device) + torch.outer(delta, delta) * (na * nb / n)
+        )
         self._mean = self._mean + delta * (nb / n)
         self._sq2 += other._sq2
         if self._sqx is not None and other._sqx is not None:
@@ -322,10 +323,12 @@ def _in_memory_stats(
     shift_c = shift.to(cdt)
     sum_ = torch.zeros(d, dtype=torch.float64, device=device)
     gram = torch.zeros(d, d, dtype=torch.float32, device=device)
+    buf = torch.empty(min(chunk, n), d, dtype=cdt, device=device)  # reused: no per-chunk allocation
     for s in range(0, n, chunk):
         x = X[s : s + chunk].to(device, cdt, non_blocking=True)
-        xs = x - shift_c
-        sum_ += xs.sum(0, dtype=torch.float64)
+        xs = torch.sub(x, shift_c, out=buf[: x.shape[0]])
+        # float32 column sums per chunk (of small, shifted values), float64 across chunks
+        sum_ += xs.sum(0, dtype=torch.float32).double()
         _gram(xs, gram)
     if not torch.isfinite(sum_).all() or not torch.isfinite(gram).all():
         for s in range(0, n, chunk):
@@ -646,7 +649,9 @@ class Whitener:
             )
         dev = self.device or X.device
         n = X.shape[0]
-        out_dtype = out_dtype or (X.dtype if X.dtype in (torch.float16, torch.bfloat16) else torch.float32)
+        out_dtype = out_dtype or (
+            X.dtype if X.dtype in (torch.float16, torch.bfloat16) else torch.float32
+        )
         if out is None:
             out = torch.empty(n, st.weight.shape[1], dtype=out_dtype, device=dev)
         half_cuda = dev.type == "cuda" and X.dtype in (torch.float16, torch.bfloat16)
@@ -665,7 +670,9 @@ class Whitener:
                 except (RuntimeError, TypeError):
                     y = torch.addmm(b, x.float(), w)
             elif direct:  # write straight into the output rows (no extra copy)
-                y = torch.addmm(b, x if x.dtype == torch.float32 else x.float(), w, out=out[s : s + x.shape[0]])
+                y = torch.addmm(
+                    b, x if x.dtype == torch.float32 else x.float(), w, out=out[s : s + x.shape[0]]
+                )
             else:
                 y = torch.addmm(b, x if x.dtype == torch.float32 else x.float(), w)
             if self.config.normalize:
@@ -797,7 +804,9 @@ def realign(
     -------
     Tensor [N, D], unit rows (float32, or the input dtype for fp16/bf16).
     """
-    return Whitener("realign", alpha=alpha, eps=eps, device=device, chunk_size=chunk_size).fit_transform(X)
+    return Whitener(
+        "realign", alpha=alpha, eps=eps, device=device, chunk_size=chunk_size
+    ).fit_transform(X)
 
 
 def whiten_pair(
@@ -839,7 +848,9 @@ def whiten_pair(
             "sides with the same model, layer and pooling"
         )
     if stats not in STATS_MODES:
-        raise ValueError(f"unknown statistics mode {stats!r}; choose one of {', '.join(STATS_MODES)}")
+        raise ValueError(
+            f"unknown statistics mode {stats!r}; choose one of {', '.join(STATS_MODES)}"
+        )
 
     def make() -> Whitener:
         return Whitener(method, directions=directions, device=device, **config)
@@ -853,9 +864,7 @@ def whiten_pair(
         if support is None:
             raise ValueError("stats='support' needs support=[S, D] embeddings for the queries")
         if support.shape[1] != queries.shape[1]:
-            raise ValueError(
-                f"support dim {support.shape[1]} != query dim {queries.shape[1]}"
-            )
+            raise ValueError(f"support dim {support.shape[1]} != query dim {queries.shape[1]}")
         return make().fit(support).transform(queries), make().fit_transform(candidates)
     # joint
     w = make().fit(_chunks_of(queries, candidates))
@@ -866,5 +875,3 @@ def _chunks_of(*tensors: torch.Tensor, size: int = 65536):
     for t in tensors:
         for s in range(0, t.shape[0], size):
             yield t[s : s + size]
-
-

@@ -22,7 +22,9 @@ TEMPLATE_C, SYSTEM_C = 8, 9
 SEMANTIC = list(range(10, 10 + P))
 HARMFUL = [10 + P, 11 + P]
 C = 12 + P
-T, I, TPL, SYS = (int(m) for m in (Modality.TEXT, Modality.IMAGE, Modality.TEMPLATE, Modality.SYSTEM))
+T, IMG, TPL, SYS = (
+    int(m) for m in (Modality.TEXT, Modality.IMAGE, Modality.TEMPLATE, Modality.SYSTEM)
+)
 
 
 def build_inputs(root: Path, seed: int = 0) -> dict[str, Path]:
@@ -44,10 +46,13 @@ def build_inputs(root: Path, seed: int = 0) -> dict[str, Path]:
 
     store_dir = root / "store"
     w = ActivationStoreWriter(
-        store_dir, d=D_MODEL, dtype="fp32", metadata={"model": "synthetic", "hook_point": "final_norm"}
+        store_dir,
+        d=D_MODEL,
+        dtype="fp32",
+        metadata={"model": "synthetic", "hook_point": "final_norm"},
     )
     for p in range(P):
-        for sid, own, label, n_own in ((2 * p, VISUAL, I, 4), (2 * p + 1, TEXTUAL, T, 3)):
+        for sid, own, label, n_own in ((2 * p, VISUAL, IMG, 4), (2 * p + 1, TEXTUAL, T, 3)):
             mods = [SYS] + [TPL] * 2 + [label] * n_own + [TPL]
             rows = []
             for m in mods:
@@ -68,17 +73,38 @@ def build_inputs(root: Path, seed: int = 0) -> dict[str, Path]:
         h = 0.2 + 3.8 * torch.rand(P, 2, generator=g)
         return D[SEMANTIC] + 0.8 * D[style] + h @ D[HARMFUL] + noise(P)
 
-    pairs = save_pairs(root / "pairs.safetensors", side(VISUAL), side(TEXTUAL),
-                       image_ids=list(range(P)), text_ids=list(range(P)))
+    pairs = save_pairs(
+        root / "pairs.safetensors",
+        side(VISUAL),
+        side(TEXTUAL),
+        image_ids=list(range(P)),
+        text_ids=list(range(P)),
+    )
     return {"sae": sae_dir, "store": store_dir, "pairs": pairs, "dictionary": D, "sae_obj": sae}
 
 
 def run_cli(inputs: dict, out: Path, *extra: str) -> int:
-    return main([
-        "analyze", "--sae", str(inputs["sae"]), "--activations", str(inputs["store"]),
-        "--pairs", str(inputs["pairs"]), "--out", str(out), "--n-distractors", "2",
-        "--ablation-steps", "0,1,2", "--ks", "1,5", "--no-progress", *extra,
-    ])
+    return main(
+        [
+            "analyze",
+            "--sae",
+            str(inputs["sae"]),
+            "--activations",
+            str(inputs["store"]),
+            "--pairs",
+            str(inputs["pairs"]),
+            "--out",
+            str(out),
+            "--n-distractors",
+            "2",
+            "--ablation-steps",
+            "0,1,2",
+            "--ks",
+            "1,5",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +115,6 @@ def inputs(tmp_path_factory):
 def test_analyze_cli_writes_report_and_tables(inputs, tmp_path, capsys):
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
-
     from PIL import Image
 
     lines = []
@@ -105,8 +130,17 @@ def test_analyze_cli_writes_report_and_tables(inputs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "textual" in printed and "report:" in printed
     table = pq.read_table(out / "features.parquet").to_pydict()
-    for col in ("feature", "energy", "energy_share", "frequency", "modality_score", "tag",
-                "bridge_score", "attribution", "is_distractor"):
+    for col in (
+        "feature",
+        "energy",
+        "energy_share",
+        "frequency",
+        "modality_score",
+        "tag",
+        "bridge_score",
+        "attribution",
+        "is_distractor",
+    ):
         assert col in table
     assert table["feature"] == list(range(C))
     assert pacsv.read_csv(out / "features.csv").num_rows == C
@@ -129,7 +163,13 @@ def test_analyze_cli_writes_report_and_tables(inputs, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert "<script src=" not in html and 'src="http' not in html and "src='http" not in html
     assert "Plotly" in html and len(html) > 1_000_000  # plotly.js is inline
-    for fid in ("energy-vs-modality", "energy-share", "bridge-heatmap", "attribution", "ablation-sweep"):
+    for fid in (
+        "energy-vs-modality",
+        "energy-share",
+        "bridge-heatmap",
+        "attribution",
+        "ablation-sweep",
+    ):
         assert f'id="fig-{fid}"' in html
     assert "card-" in html and (out / "summary.json").exists()
     # feature cards show the items behind the top sample ids
@@ -143,7 +183,9 @@ def test_analyze_cli_writes_report_and_tables(inputs, tmp_path, capsys):
 def test_token_level_stats_and_limits(inputs):
     store = ActivationStore(inputs["store"])
     sae = inputs["sae_obj"]
-    st = stats_from_store(sae, store, AnalysisConfig(modality_level="token", top_m=2), progress=False)
+    st = stats_from_store(
+        sae, store, AnalysisConfig(modality_level="token", top_m=2), progress=False
+    )
     # template tokens are neither TEXT nor IMAGE tokens: no modality score at the token level
     assert math.isnan(float(st.modality_score[TEMPLATE_C]))
     assert float(st.modality_score[TEXTUAL[0]]) == pytest.approx(1.0)

@@ -30,22 +30,26 @@ from analysis import (
 from analysis.codes import decode
 from saeprobe._types import Modality
 
-T, I, TPL = int(Modality.TEXT), int(Modality.IMAGE), int(Modality.TEMPLATE)
+T, IMG, TPL = int(Modality.TEXT), int(Modality.IMAGE), int(Modality.TEMPLATE)
 
 
 def hand_codes():
     # rows: text (2*c0 + 1*c1), text (4*c0, padding at c3), image (3*c2 + 1*c1), template (1*c3)
     values = torch.tensor([[2.0, 1.0], [4.0, 0.0], [3.0, 1.0], [1.0, 0.0]])
     indices = torch.tensor([[0, 1], [0, 3], [2, 1], [3, 0]])
-    modality = torch.tensor([T, T, I, TPL])
+    modality = torch.tensor([T, T, IMG, TPL])
     return values, indices, modality
 
 
 def test_stats_closed_form():
     v, i, m = hand_codes()
     st = concept_stats(v, i, m, c=4)
-    assert torch.allclose(st.energy, torch.tensor([6 / 4, 2 / 4, 3 / 4, 1 / 4], dtype=torch.float64))
-    assert torch.allclose(st.energy_share, torch.tensor([0.5, 1 / 6, 0.25, 1 / 12], dtype=torch.float64))
+    assert torch.allclose(
+        st.energy, torch.tensor([6 / 4, 2 / 4, 3 / 4, 1 / 4], dtype=torch.float64)
+    )
+    assert torch.allclose(
+        st.energy_share, torch.tensor([0.5, 1 / 6, 0.25, 1 / 12], dtype=torch.float64)
+    )
     assert torch.allclose(st.frequency, torch.tensor([0.5, 0.5, 0.25, 0.25], dtype=torch.float64))
     assert torch.allclose(st.energy_text, torch.tensor([3.0, 0.5, 0, 0], dtype=torch.float64))
     assert torch.allclose(st.energy_image, torch.tensor([0.0, 1.0, 3.0, 0], dtype=torch.float64))
@@ -71,7 +75,7 @@ def test_stats_streaming_equals_one_shot_and_top_inputs():
     assert torch.allclose(st.energy, dense.mean(0))
     assert torch.allclose(st.frequency, (dense != 0).double().mean(0))
     assert torch.allclose(st.energy_text, dense[m == T].mean(0))
-    assert torch.allclose(st.energy_image, dense[m == I].mean(0))
+    assert torch.allclose(st.energy_image, dense[m == IMG].mean(0))
     # top inputs: activation of an input = max over its rows
     per_input = torch.zeros(n // 3, c, dtype=torch.float64).scatter_reduce_(
         0, sid[:, None].expand(-1, c), dense, "amax"
@@ -80,7 +84,9 @@ def test_stats_streaming_equals_one_shot_and_top_inputs():
         vals, ids = torch.topk(per_input[:, concept], 3)
         got = st.top_inputs[concept]
         assert [s for s, _ in got] == ids.tolist()
-        assert torch.allclose(torch.tensor([a for _, a in got], dtype=torch.float64), vals, atol=1e-6)
+        assert torch.allclose(
+            torch.tensor([a for _, a in got], dtype=torch.float64), vals, atol=1e-6
+        )
 
 
 def test_stats_empty_modality_and_bad_input():
@@ -108,13 +114,21 @@ def test_tags_and_energy_share():
     # image convention is converted: 0.95 visual-score -> 0.05 textual-score
     assert modality_tags(score, energy, convention="image")[:2] == ["visual", "textual"]
     share = tag_energy_share(tags, energy)
-    assert share == pytest.approx({"textual": 0.6, "visual": 0.2, "bimodal": 0.1, "unknown": 0.1, "dead": 0.0})
+    assert share == pytest.approx(
+        {"textual": 0.6, "visual": 0.2, "bimodal": 0.1, "unknown": 0.1, "dead": 0.0}
+    )
     with pytest.raises(ValueError, match="thresholds"):
         modality_tags(score, energy, TagConfig(textual=0.1, visual=0.9))
     # bridge: smallest top set with half of the positive mass
     b = torch.tensor([5.0, 3.0, 1.0, 1.0, -2.0])
     assert bridge_concepts(b).tolist() == [True, False, False, False, False]
-    assert bridge_concepts(b, TagConfig(bridge_mass=0.8)).tolist() == [True, True, False, False, False]
+    assert bridge_concepts(b, TagConfig(bridge_mass=0.8)).tolist() == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
     assert bridge_concepts(b, TagConfig(bridge_mass=1.0, bridge_max=3)).sum() == 3
     assert not bridge_concepts(torch.zeros(3)).any()
     share = tag_energy_share(tags, energy, bridge_concepts(torch.tensor([0, 0, 0, 0, 0, 1.0])))
@@ -153,7 +167,9 @@ def test_bridge_sparse_equals_dense(n_candidates):
     D, (vi, ii), (vt, it) = random_problem()
     c = D.shape[0]
     B = bridge_matrix_dense(to_dense(vi, ii, c), to_dense(vt, it, c), D)
-    r = bridge_scores((vi, ii), (vt, it), D, n_top_pairs=10, n_candidates=n_candidates, chunk_size=7)
+    r = bridge_scores(
+        (vi, ii), (vt, it), D, n_top_pairs=10, n_candidates=n_candidates, chunk_size=7
+    )
     assert torch.allclose(r.row, B.sum(1), atol=1e-5)
     assert torch.allclose(r.col, B.sum(0), atol=1e-5)
     assert torch.allclose(r.score, B.sum(1) + B.sum(0), atol=1e-5)
@@ -267,3 +283,20 @@ def test_ablation_sweep_uses_ranking():
         ref = recall_at_k(topk_search(q, c, 5).indices, rel, (1, 5))
         assert sw.recall[1][j] == pytest.approx(ref[1]) and sw.recall[5][j] == pytest.approx(ref[5])
     assert sw.to_dict()["recall"]["1"] == sw.recall[1]
+
+
+def test_ablation_sweep_query_subset():
+    from saeprobe.ranking import recall_at_k, topk_search
+
+    g = torch.Generator().manual_seed(6)
+    D = torch.eye(8)
+    v, i = torch.rand(15, 2, generator=g), torch.randint(0, 8, (15, 2), generator=g)
+    xq = decode(v, i, D) + 0.1 * torch.randn(15, 8, generator=g)
+    xc = decode(v, i, D) + 0.1 * torch.randn(15, 8, generator=g)
+    rows = torch.tensor([0, 5, 7, 14])
+    sw = ablation_sweep(xq, xc, (v, i), (v, i), D, [2], steps=[0, 1], ks=(1,), query_rows=rows)
+    assert sw.extra["n_queries"] == 4 and sw.extra["n_candidates"] == 15
+    q = ablate(xq[rows], (v[rows], i[rows]), D, [2])
+    c = ablate(xc, (v, i), D, [2])
+    ref = recall_at_k(topk_search(q, c, 1).indices, [{int(r)} for r in rows], (1,))
+    assert sw.recall[1][1] == pytest.approx(ref[1])

@@ -57,7 +57,9 @@ def test_planted_ground_truth_is_recovered():
     assert r1[0] < 0.5 and r1[-1] == 1.0 and r1[-1] > r1[0]
     # energy shares: the per-tag summary adds up and sees the planted textual share
     share = res.tag_share
-    assert sum(share[t] for t in ("textual", "visual", "bimodal", "unknown", "dead")) == pytest.approx(1.0)
+    assert sum(
+        share[t] for t in ("textual", "visual", "bimodal", "unknown", "dead")
+    ) == pytest.approx(1.0)
     e = res.stats.energy
     assert share["textual"] == pytest.approx(float(e[TEXTUAL].sum() / e.sum()), rel=1e-6)
     # per-pair decomposition of the matched cosines: harmful concepts dominate, parts add up

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -27,9 +28,14 @@ def test_card_with_items_and_thumbnails():
     img = Image.new("RGB", (300, 150), (255, 0, 0))
     items = [Item("a", text="a red square"), Item("b", image=img), Item("c", text="x" * 500)]
     card = build_card(
-        7, {"energy": 0.5, "modality_score": float("nan")}, "bimodal",
-        top=[(1, 2.5), (0, 1.0), (2, 0.5), (9, 0.1)], items=items, bridges_to=[(3, 0.25)],
-        is_distractor=True, thumb_size=64,
+        7,
+        {"energy": 0.5, "modality_score": float("nan")},
+        "bimodal",
+        top=[(1, 2.5), (0, 1.0), (2, 0.5), (9, 0.1)],
+        items=items,
+        bridges_to=[(3, 0.25)],
+        is_distractor=True,
+        thumb_size=64,
     )
     t = card.top_inputs
     assert [x.sample_id for x in t] == [1, 0, 2, 9] and t[0].item_id == "b"
@@ -56,6 +62,20 @@ def test_sweep_format_and_figures(tmp_path):
     assert [x["name"] for x in load_sweep(p)] == ["m1", "m2"]
     fig = recall_curve(str(p), "t")
     assert len(fig.data) == 2 and list(fig.data[0].y) == [0.1, 0.2, 0.3]
+    # the retrieval sweeps' format (saeprobe.sweeps): x_name + one series per method
+    rs = {
+        "x": [0.0, 0.1],
+        "x_name": "alpha",
+        "method": "realign",
+        "recall": {"1": [0.2, 0.3]},
+        "methods": {
+            "realign": {"recall": {"1": [0.2, 0.3]}},
+            "zca": {"recall": {"1": [0.1, None]}},
+        },
+    }
+    got = load_sweep(rs)
+    assert [x["name"] for x in got] == ["realign", "zca"] and got[0]["xlabel"] == "alpha"
+    assert math.isnan(got[1]["recall"][1][1])
     with pytest.raises(ValueError, match='needs "x"'):
         load_sweep({"x": [1]})
     with pytest.raises(ValueError, match="2 values for 3 x"):
@@ -83,8 +103,14 @@ def test_config_round_trip_and_accumulator_merge():
 
 def test_pairs_file_round_trip(tmp_path):
     x, y = torch.randn(4, 6), torch.randn(4, 6)
-    p = save_pairs(tmp_path / "p.safetensors", x, y, image_ids=["a", "b", "c", "d"],
-                   text_ids=["a", "b", "c", "d"], metadata={"model": "m"})
+    p = save_pairs(
+        tmp_path / "p.safetensors",
+        x,
+        y,
+        image_ids=["a", "b", "c", "d"],
+        text_ids=["a", "b", "c", "d"],
+        metadata={"model": "m"},
+    )
     pairs = load_pairs(p)
     assert torch.equal(pairs.image_emb, x) and torch.equal(pairs.text_emb, y)
     assert pairs.ids == ["a", "b", "c", "d"] and pairs.metadata["model"] == "m"
@@ -101,3 +127,52 @@ def test_pairs_file_round_trip(tmp_path):
         load_pairs(tmp_path / "t.safetensors")
     with pytest.raises(ValueError, match="differ"):
         save_pairs(tmp_path / "r.safetensors", x, y[:3])
+
+
+def test_retrieval_task_groups_shared_images():
+    from analysis import Pairs
+    from analysis.pipeline import retrieval_task
+
+    x = torch.randn(3, 4)
+    pairs = Pairs(x, x, image_keys=["a", "a", "b"])
+    q, c, rel = retrieval_task(pairs, "text")
+    assert q.tolist() == [0, 1, 2] and c.tolist() == [0, 2] and rel == [{0}, {0}, {1}]
+    q, c, rel = retrieval_task(pairs, "image")
+    assert q.tolist() == [0, 2] and c.tolist() == [0, 1, 2] and rel == [{0, 1}, {2}]
+    q, c, rel = retrieval_task(Pairs(x, x), "text")
+    assert q.tolist() == c.tolist() == [0, 1, 2] and rel == [{0}, {1}, {2}]
+
+
+def test_pairs_from_capture_folder(tmp_path):
+    from safetensors.torch import save_file
+
+    from analysis.pairs import pairs_from_capture
+    from saeprobe.data import Pair
+
+    emb = torch.arange(5 * 3, dtype=torch.float32).view(5, 3)
+    # rows stored out of data order on purpose: sample_index says which item each row is
+    save_file(
+        {
+            "final_norm.mean": emb,
+            "final_norm.last": emb + 1,
+            "sample_index": torch.tensor([4, 0, 1, 2, 3]),
+        },
+        str(tmp_path / "pooled.safetensors"),
+    )
+    (tmp_path / "pooled.json").write_text(json.dumps({"item_ids": list("abcde"), "keys": []}))
+
+    class Source:
+        def pairs(self):  # image item 0 with captions 1, 2; image item 3 with caption 4
+            return [Pair(0, 1, "img0", 0), Pair(0, 2, "img0", 1), Pair(3, 4, "img3", 0)]
+
+    pairs = pairs_from_capture(tmp_path, Source())
+    # sample 0 -> row 1, 1 -> 2, 2 -> 3, 3 -> 4, 4 -> 0
+    assert torch.equal(pairs.image_emb, emb[[1, 1, 4]]) and torch.equal(
+        pairs.text_emb, emb[[2, 3, 0]]
+    )
+    assert pairs.image_keys == ["img0", "img0", "img3"] and pairs.ids[1] == "img0#1"
+    assert torch.equal(
+        pairs_from_capture(tmp_path, Source(), "final_norm.last").image_emb, emb[[1, 1, 4]] + 1
+    )
+    with pytest.raises(ValueError, match="available"):
+        pairs_from_capture(tmp_path, Source(), "final_norm.max")

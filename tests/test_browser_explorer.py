@@ -34,6 +34,9 @@ def test_ticking_a_distractor_changes_recall():
     expected_before = session.baseline["R@1"]
     expected_after = session.evaluate([ps.distractors[0]]).metrics["R@1"]
     assert expected_after > expected_before  # the planted distractor hurts retrieval
+    expected_white = session.evaluate([ps.distractors[0]], whiten="realign", alpha=0.1).metrics[
+        "R@1"
+    ]
     server, url = serve_in_thread(session)
     errors: list[str] = []
     requests: list[str] = []
@@ -51,7 +54,8 @@ def test_ticking_a_distractor_changes_recall():
                 assert rows.count() >= 4
                 # the list is sorted by attribution: the planted distractors come first
                 first_ids = page.eval_on_selector_all(
-                    "#features input.ablate", "els => els.slice(0, 2).map(e => Number(e.dataset.id))"
+                    "#features input.ablate",
+                    "els => els.slice(0, 2).map(e => Number(e.dataset.id))",
                 )
                 assert sorted(first_ids) == sorted(ps.distractors)
                 before = page.inner_text("#after-R1")
@@ -66,6 +70,18 @@ def test_ticking_a_distractor_changes_recall():
                 assert float(after) == pytest.approx(expected_after, abs=1e-3)
                 assert after != before
                 assert page.inner_text("#n-ablated") == "1"
+                # the per-query view follows the setting
+                page.wait_for_function("document.querySelectorAll('#top-after li').length === 5")
+                # switching ReAlign on recomputes with whitening
+                done = page.get_attribute("body", "data-eval-done")
+                page.select_option("#whiten", "realign")
+                page.wait_for_function(
+                    f"document.body.dataset.evalDone !== '{done}'", timeout=15000
+                )
+                assert not page.is_disabled("#alpha")
+                assert float(page.inner_text("#after-R1")) == pytest.approx(
+                    expected_white, abs=1e-3
+                )
                 # the sweep chart was drawn with plotly (served locally)
                 page.wait_for_selector("#sweep .main-svg", state="attached", timeout=15000)
             finally:

@@ -19,19 +19,31 @@ ARGS = [
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Debian chromium not installed at {CHROMIUM} (make browser-deps)")
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"Debian chromium not installed at {CHROMIUM} (make browser-deps)",
+)
 def test_report_renders_every_figure(tmp_path):
     from playwright.sync_api import sync_playwright
     from test_analysis_cli import build_inputs, run_cli
 
     inputs = build_inputs(tmp_path / "in")
     layer = tmp_path / "layer.json"
-    layer.write_text(json.dumps({"x": [0, 4, 8], "recall": {"1": [0.1, 0.2, 0.3], "5": [0.3, 0.4, 0.6]}}))
+    layer.write_text(
+        json.dumps({"x": [0, 4, 8], "recall": {"1": [0.1, 0.2, 0.3], "5": [0.3, 0.4, 0.6]}})
+    )
     alpha = tmp_path / "alpha.json"
-    alpha.write_text(json.dumps({"series": [
-        {"name": "qwen", "x": [0.0, 0.1, 0.5], "recall": {"5": [0.2, 0.5, 0.4]}},
-        {"name": "pali", "x": [0.0, 0.1, 0.5], "recall": {"5": [0.1, 0.3, 0.35]}},
-    ], "xlabel": "alpha"}))
+    alpha.write_text(
+        json.dumps(
+            {
+                "series": [
+                    {"name": "qwen", "x": [0.0, 0.1, 0.5], "recall": {"5": [0.2, 0.5, 0.4]}},
+                    {"name": "pali", "x": [0.0, 0.1, 0.5], "recall": {"5": [0.1, 0.3, 0.35]}},
+                ],
+                "xlabel": "alpha",
+            }
+        )
+    )
     out = tmp_path / "report"
     assert run_cli(inputs, out, "--layer-sweep", str(layer), "--alpha-sweep", str(alpha)) == 0
 
@@ -45,7 +57,9 @@ def test_report_renders_every_figure(tmp_path):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: requests.append(r.url))
             page.goto((out / "report.html").as_uri(), wait_until="load")
-            ids = page.eval_on_selector_all("div.figure > div > div[id^=fig-]", "els => els.map(e => e.id)")
+            ids = page.eval_on_selector_all(
+                "div.figure > div > div[id^=fig-]", "els => els.map(e => e.id)"
+            )
             assert len(ids) == 7, ids
             for fid in ids:
                 page.wait_for_selector(f"#{fid} .main-svg", state="attached", timeout=15000)

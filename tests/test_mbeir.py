@@ -139,7 +139,9 @@ def test_limits_graded_qrels_and_bad_input(tmp_path, caplog):
         open_mbeir(folder, task=9)
     # a row missing the modality its task needs fails with the row named
     bad = write_task_folder(
-        tmp_path / "bad", [Item(id="q", text="t")], [Item(id="c0", image=imgs[0]), Item(id="c1", text="x")],
+        tmp_path / "bad",
+        [Item(id="q", text="t")],
+        [Item(id="c0", image=imgs[0]), Item(id="c1", text="x")],
         {"q": {"c0"}},
     )
     t = open_mbeir(bad, task=1)

@@ -139,3 +139,15 @@ def test_empty_queries_and_metrics_bundle():
     assert m["R@5"] == 0.75
     h = hits_matrix(IDX, REL)
     assert h.sum() == 4 and h[2, 3] and h[3, 4]
+
+
+def test_complete_ranking_reports_cutoffs_beyond_k():
+    # 3 candidates ranked in full: R@10 = R@3, nDCG@10 = nDCG@3
+    idx = torch.tensor([[2, 0, 1], [0, 1, 2]])
+    rel = [{1}, {0}]
+    partial = ranking_metrics(idx, rel, ks=(1, 10), ndcg_k=10)
+    assert set(partial) == {"R@1", "MRR"}
+    full = ranking_metrics(idx, rel, ks=(1, 10), ndcg_k=10, complete=True)
+    assert full["R@1"] == 0.5 and full["R@10"] == 1.0
+    assert full["nDCG@10"] == pytest.approx(ndcg_at_k(idx, rel, k=3))
+    assert full["MRR"] == pytest.approx((1 / 3 + 1) / 2)

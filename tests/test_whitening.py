@@ -72,7 +72,9 @@ def test_realign_equals_float64_formula_and_reference():
     torch.testing.assert_close(ours.norm(dim=1), torch.ones(len(X)), atol=1e-5, rtol=0)
     # a large-D path (blocked symmetric Gram, D >= 512) agrees too
     Xl = _embeddings(n=1200, d=520, seed=3, mean_scale=1.0)
-    torch.testing.assert_close(realign(Xl, chunk_size=500).double(), _realign64(Xl), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        realign(Xl, chunk_size=500).double(), _realign64(Xl), atol=1e-4, rtol=0
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
@@ -93,7 +95,9 @@ def test_zca_and_pca_whiten_to_identity():
         y = w.transform(X).double()
         cov = torch.cov(y.T)
         torch.testing.assert_close(cov, torch.eye(d, dtype=torch.float64), atol=1e-4, rtol=0)
-        torch.testing.assert_close(y.mean(0), torch.zeros(d, dtype=torch.float64), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            y.mean(0), torch.zeros(d, dtype=torch.float64), atol=1e-4, rtol=0
+        )
     # ZCA is the symmetric whitening matrix; PCA differs from it by a rotation
     wz = Whitener("zca", normalize=False).fit(X).weight
     torch.testing.assert_close(wz, wz.T, atol=1e-5, rtol=1e-5)
@@ -120,7 +124,9 @@ def test_statistics_modes():
     sh = 0.9 * cov + 0.1 * torch.trace(cov) / d * torch.eye(d, dtype=torch.float64)
     ev, u = torch.linalg.eigh(sh)
     w = (u * (ev + 1e-5).rsqrt()) @ u.T
-    torch.testing.assert_close(qc.double(), F.normalize((q.double() - mu) @ w, dim=1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        qc.double(), F.normalize((q.double() - mu) @ w, dim=1), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(cc, cs, atol=1e-6, rtol=0)
     # support: queries with support statistics, candidates with their own
     qsup, csup = whiten_pair(q, c, "realign", stats="support", support=s)
@@ -292,7 +298,9 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(gpu32.cpu(), cpu, atol=1e-4, rtol=0)
     gpu16 = realign(X.half().cuda())
     assert gpu16.dtype == torch.float16
-    torch.testing.assert_close(gpu16.double().cpu(), _realign64(X.half().float()), atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        gpu16.double().cpu(), _realign64(X.half().float()), atol=2e-3, rtol=0
+    )
     # streaming on CUDA equals in-memory
     s = Whitener("realign", device="cuda").fit(X[i : i + 700] for i in range(0, 3000, 700))
     torch.testing.assert_close(s.transform(X).cpu(), cpu, atol=1e-4, rtol=0)

@@ -15,7 +15,9 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from exc
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,11 +31,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "OUT/summary.json. See docs/analysis.md."
         ),
     )
-    p.add_argument("--sae", required=True, help="SAE folder or file (anything saeprobe.load_sae reads)")
-    p.add_argument("--activations", help="activation store folder (per-token codes for the statistics)")
+    p.add_argument(
+        "--sae", required=True, help="SAE folder or file (anything saeprobe.load_sae reads)"
+    )
+    p.add_argument(
+        "--activations", help="activation store folder (per-token codes for the statistics)"
+    )
     p.add_argument(
         "--pairs",
-        help="matched pairs .safetensors with image_emb [P, d] and text_emb [P, d] (docs/analysis.md)",
+        help="matched pairs: a .safetensors with image_emb [P, d] and text_emb [P, d], or a capture "
+        "folder holding pooled.safetensors (matched through the images+captions --data source); "
+        "see docs/analysis.md",
+    )
+    p.add_argument(
+        "--pool-key",
+        default=None,
+        help="pooled embedding of a capture folder, '<hook point>.<pool>' (default: the *.mean one)",
     )
     p.add_argument(
         "--data",
@@ -43,24 +56,50 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=4096, help="tokens per store batch")
     p.add_argument("--max-tokens", type=int, default=None, help="stop the statistics pass early")
-    p.add_argument("--modality-level", choices=("input", "token"), default="input",
-                   help="tau/iota = text/image inputs (paper) or TEXT/IMAGE tokens")
-    p.add_argument("--include-system", action="store_true", help="keep SYSTEM tokens in the statistics")
-    p.add_argument("--convention", choices=("text", "image"), default="text",
-                   help="modality score convention: 'text' = 1 means textual (paper), 'image' = 1 means visual")
+    p.add_argument(
+        "--modality-level",
+        choices=("input", "token"),
+        default="input",
+        help="tau/iota = text/image inputs (paper) or TEXT/IMAGE tokens",
+    )
+    p.add_argument(
+        "--include-system", action="store_true", help="keep SYSTEM tokens in the statistics"
+    )
+    p.add_argument(
+        "--convention",
+        choices=("text", "image"),
+        default="text",
+        help="modality score convention: 'text' = 1 means textual (paper), 'image' = 1 means visual",
+    )
     p.add_argument("--textual-threshold", type=float, default=0.9, help="score > this: textual")
     p.add_argument("--visual-threshold", type=float, default=0.1, help="score < this: visual")
-    p.add_argument("--bridge-mass", type=float, default=0.5,
-                   help="bridge concepts: top concepts carrying this share of the bridge score")
+    p.add_argument(
+        "--bridge-mass",
+        type=float,
+        default=0.5,
+        help="bridge concepts: top concepts carrying this share of the bridge score",
+    )
     p.add_argument("--n-distractors", type=int, default=16, help="concepts flagged as distractors")
     p.add_argument("--ablation-method", choices=("subtract", "zero", "project"), default="subtract")
     p.add_argument("--ablation-steps", type=_ints, default=None, help="e.g. 0,1,2,4,8,16")
     p.add_argument("--ks", type=_ints, default=[1, 5, 10], help="Recall@k cut-offs, e.g. 1,5,10")
-    p.add_argument("--query-side", choices=("text", "image"), default="text",
-                   help="ablation sweep direction: text queries rank images (t->i) or the reverse")
+    p.add_argument(
+        "--query-side",
+        choices=("text", "image"),
+        default="text",
+        help="ablation sweep direction: text queries rank images (t->i) or the reverse",
+    )
+    p.add_argument(
+        "--sweep-queries",
+        type=int,
+        default=None,
+        help="evaluate the ablation sweep on this many evenly spaced queries (default: all)",
+    )
     p.add_argument("--n-candidates", type=int, default=1024, help="bridge top-pair candidate block")
     p.add_argument("--top-m", type=int, default=5, help="top-activating inputs per concept")
-    p.add_argument("--layer-sweep", help='JSON {"x": [...], "recall": {k: [...]}} of Recall@k vs layer')
+    p.add_argument(
+        "--layer-sweep", help='JSON {"x": [...], "recall": {k: [...]}} of Recall@k vs layer'
+    )
     p.add_argument("--alpha-sweep", help="JSON of Recall@k vs whitening alpha (same format)")
     p.add_argument("--device", default="cpu", help="device for the SAE encoder")
     p.add_argument("--title", default="saeprobe concept analysis")
@@ -90,7 +129,7 @@ def _jsonl_items(path: Path):
     return lookup
 
 
-def _items(spec: str | None):
+def _items(spec: str | None, source=None):
     if not spec:
         return None
     path = Path(spec)
@@ -98,9 +137,10 @@ def _items(spec: str | None):
         if not path.exists():
             raise FileNotFoundError(f"--data {spec} does not exist")
         return _jsonl_items(path)
-    from saeprobe.data import open_source
+    if source is None:
+        from saeprobe.data import open_source
 
-    source = open_source(spec)
+        source = open_source(spec)
 
     def lookup(index: int):
         try:
@@ -112,7 +152,14 @@ def _items(spec: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis import AnalysisConfig, TagConfig, analyze, load_pairs, write_features, write_summary
+    from analysis import (
+        AnalysisConfig,
+        TagConfig,
+        analyze,
+        load_pairs,
+        write_features,
+        write_summary,
+    )
     from analysis.figures import load_sweep
     from analysis.report import write_report
     from saeprobe.cli import CLIError
@@ -143,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         ablation_steps=args.ablation_steps,
         ks=tuple(args.ks),
         query_side=args.query_side,
+        sweep_queries=args.sweep_queries,
         device=args.device,
     )
     sae = load_sae(args.sae, device=args.device)
@@ -156,18 +204,36 @@ def run(args: argparse.Namespace) -> int:
         for k in ("model", "hook_point"):
             if k in store.metadata:
                 meta[k] = store.metadata[k]
-    pairs = load_pairs(args.pairs) if args.pairs else None
-    if pairs is not None:
-        meta["pairs"] = str(args.pairs)
-    items = _items(args.data)
+    pairs, source = None, None
+    if args.pairs:
+        pp = Path(args.pairs)
+        if pp.is_dir() and (pp / "pooled.safetensors").exists():
+            if not args.data or Path(args.data).suffix == ".jsonl":
+                raise CLIError(
+                    "--pairs is a capture folder: pass --data with the images+captions source "
+                    "of the capture so images and captions can be matched"
+                )
+            from analysis.pairs import pairs_from_capture
+            from saeprobe.data import open_source
+
+            source = open_source(args.data)
+            pairs = pairs_from_capture(pp, source, args.pool_key)
+        else:
+            pairs = load_pairs(pp)
+        meta["pairs"] = f"{args.pairs} ({pairs.n} pairs)"
+    items = _items(args.data, source)
     result = analyze(sae, store=store, pairs=pairs, cfg=cfg, progress=not args.no_progress)
     result.meta.update(meta)
     out = Path(args.out)
     pq_path, csv_path = write_features(result, out)
     write_summary(result, out)
     report = write_report(
-        result, out, items=items, layer_sweep=sweeps.get("layer_sweep"),
-        alpha_sweep=sweeps.get("alpha_sweep"), title=args.title,
+        result,
+        out,
+        items=items,
+        layer_sweep=sweeps.get("layer_sweep"),
+        alpha_sweep=sweeps.get("alpha_sweep"),
+        title=args.title,
     )
     share = result.tag_share
     print(
@@ -177,8 +243,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.sweep is not None:
         for k, v in result.sweep.recall.items():
-            print(f"Recall@{k} ablating 0..{result.sweep.n_ablated[-1]} distractors: "
-                  + " ".join(f"{x:.3f}" for x in v))
+            print(
+                f"Recall@{k} ablating 0..{result.sweep.n_ablated[-1]} distractors: "
+                + " ".join(f"{x:.3f}" for x in v)
+            )
     print(f"report: {report}")
     print(f"features: {pq_path} {csv_path}")
     return 0

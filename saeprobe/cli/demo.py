@@ -20,8 +20,8 @@ PHOTOS = {
     "chelsea": ["A ginger cat looking to the side.", "A cat with orange fur on the floor."],
     "coffee": ["A cup of coffee on a saucer.", "A coffee cup with a spoon, seen from above."],
     "rocket": ["A rocket on the launch pad.", "A space shuttle ready for launch."],
-    "motorcycle": ["A red motorcycle parked indoors.", "A motorbike standing on a stand."],
-    "horse": ["A black horse silhouette.", "The shape of a horse on a white background."],
+    "hubble_deep_field": ["Distant galaxies in deep space.", "A telescope image full of galaxies."],
+    "coins": ["Old coins lying on a table.", "A grey picture of many small coins."],
 }
 
 
@@ -37,7 +37,6 @@ def make_folder(folder: Path) -> Path:
     """A captioned image folder from scikit-image's sample photos."""
     import csv
 
-    import numpy as np
     from PIL import Image
     from skimage import data
 
@@ -45,8 +44,6 @@ def make_folder(folder: Path) -> Path:
     rows = []
     for name, captions in PHOTOS.items():
         arr = getattr(data, name)()
-        if arr.dtype == bool:
-            arr = arr.astype(np.uint8) * 255
         img = Image.fromarray(arr).convert("RGB").resize((64, 64))
         img.save(folder / f"{name}.png")
         rows += [(f"{name}.png", c) for c in captions]
@@ -90,13 +87,19 @@ def _later_stages():
 
 
 def _train(args, out, adapter, store, folder, label):
-    from sae_training import TrainConfig, train
+    from sae_training import StoreSource, TrainConfig, train
 
+    source = StoreSource(str(store))
     cfg = TrainConfig(arch="topk", d_in=adapter.d_model, width=8 * adapter.d_model, k=8,
-                      batch_size=64, total_steps=args.steps, lr=4e-3, out_dir=str(out / "sae"),
-                      log_every=max(1, args.steps // 4), progress=False)
-    res = train(cfg, activations=str(store))
-    print(f"{label} SAE trained: {res.summary()}")
+                      recipe="default", batch_size=64, total_tokens=64 * args.steps, lr=4e-3,
+                      out_dir=str(out / "sae"), log_interval=max(1, args.steps // 4),
+                      ckpt_interval=args.steps, progress=False, device="cpu")
+    res = train(cfg, source)
+    m = res.metrics
+    print(f"{label} Top-K SAE (c={cfg.width}, k={cfg.k}) trained for {res.step} steps on "
+          f"{res.tokens:,} tokens: FVU {m.get('fvu', float('nan')):.3f}, "
+          f"L0 {m.get('l0', float('nan')):.1f}, dead {m.get('dead', float('nan')):.1%}; "
+          f"saved in {out / 'sae'}")
 
 
 def _analyze(args, out, adapter, store, folder, label):

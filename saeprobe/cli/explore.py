@@ -20,17 +20,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "features. Data format: docs/explorer.md."
         ),
     )
-    p.add_argument("--sae", required=True, help="SAE folder or file (anything saeprobe.load_sae reads)")
+    p.add_argument(
+        "--sae", required=True, help="SAE folder or file (anything saeprobe.load_sae reads)"
+    )
     p.add_argument(
         "--data",
         required=True,
         help="embeddings .safetensors: queries [Q, d] + candidates [N, d] (+ qrels [R, 2] or "
         "relevant [Q]), or matched pairs image_emb/text_emb",
     )
-    p.add_argument("--features", help="features.parquet (or .csv) from saeprobe analyze: names/tags")
-    p.add_argument("--qrels", help='JSON relevance {"query row": [candidate rows]} (overrides the file)')
-    p.add_argument("--direction", choices=("t2i", "i2t"), default="t2i",
-                   help="for pairs files: text queries -> images (t2i) or the reverse")
+    p.add_argument(
+        "--features", help="features.parquet (or .csv) from saeprobe analyze: names/tags"
+    )
+    p.add_argument(
+        "--qrels", help='JSON relevance {"query row": [candidate rows]} (overrides the file)'
+    )
+    p.add_argument(
+        "--direction",
+        choices=("t2i", "i2t"),
+        default="t2i",
+        help="for pairs files: text queries -> images (t2i) or the reverse",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     p.add_argument("--device", default="cpu", help="device for the SAE encoder")
@@ -58,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     server = make_server(session, args.host, args.port)
     url = f"http://{args.host}:{server.server_port}/"
     base = session.baseline
-    print(f"saeprobe explore: {session.data.n_queries} queries x {session.data.n_candidates} candidates, "
-          f"baseline R@1 {base.get('R@1', float('nan')):.3f}")
+    print(
+        f"saeprobe explore: {session.data.n_queries} queries x {session.data.n_candidates} candidates, "
+        f"baseline R@1 {base.get('R@1', float('nan')):.3f}"
+    )
     print(f"serving on {url}  (Ctrl-C to stop)", flush=True)
     if not args.no_browser:
         try:

@@ -17,23 +17,44 @@ def add_common(p: argparse.ArgumentParser) -> None:
         help="M-BEIR task folder in the MRBench layout (query-*.parquet, corpus-*.parquet, "
         "qrels-*.parquet)",
     )
-    p.add_argument("--task", type=int, default=None, help="the paper's task type 1-8 "
-                   "(default: inferred from the modalities)")
+    p.add_argument(
+        "--task",
+        type=int,
+        default=None,
+        help="the paper's task type 1-8 (default: inferred from the modalities)",
+    )
     p.add_argument("--alpha", type=float, default=0.1, help="ReAlign shrinkage (default 0.1)")
     p.add_argument("--eps", type=float, default=1e-5)
-    p.add_argument("--stats", default="separate", help="whitening statistics: separate (each "
-                   "side its own, the reference), candidates, joint")
-    p.add_argument("--pool", default=None, help="pooling: mean (MLLM default, the paper's), "
-                   "mean_data, last, ...; native (dual-encoder default)")
+    p.add_argument(
+        "--stats",
+        default="separate",
+        help="whitening statistics: separate (each side its own, the reference), candidates, joint",
+    )
+    p.add_argument(
+        "--pool",
+        default=None,
+        help="pooling: mean (MLLM default, the paper's), "
+        "mean_data, last, ...; native (dual-encoder default)",
+    )
     p.add_argument("--limit-queries", type=int, default=None, help="only the first N queries")
-    p.add_argument("--limit-corpus", type=int, default=None,
-                   help="only the first N candidates (smoke tests; changes the task)")
+    p.add_argument(
+        "--limit-corpus",
+        type=int,
+        default=None,
+        help="only the first N candidates (smoke tests; changes the task)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--cache", default=None, help="embedding cache folder (default "
-                   "~/.cache/saeprobe/retrieval; 'none' to disable)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="embedding cache folder (default ~/.cache/saeprobe/retrieval; 'none' to disable)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--model-dtype", default=None,
-                   help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument(
+        "--model-dtype",
+        default=None,
+        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)",
+    )
     p.add_argument("--depth", type=int, default=100, help="neighbours retrieved per query")
 
 
@@ -49,10 +70,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_common(p)
-    p.add_argument("--whiten", default="realign", help="comma-separated methods compared "
-                   "with the base embedding: realign, zca, pca, ledoit_wolf, oas, abtt")
-    p.add_argument("--layer", default="final_norm", help="hook point: final_norm (the paper's) "
-                   "or resid_post.L")
+    p.add_argument(
+        "--whiten",
+        default="realign",
+        help="comma-separated methods compared "
+        "with the base embedding: realign, zca, pca, ledoit_wolf, oas, abtt",
+    )
+    p.add_argument(
+        "--layer", default="final_norm", help="hook point: final_norm (the paper's) or resid_post.L"
+    )
     p.add_argument("--out", default=None, help="results JSON path")
     p.set_defaults(func=run)
 

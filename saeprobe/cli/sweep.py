@@ -24,14 +24,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("kind", choices=["alpha", "layers"], help="what to sweep")
     add_common(p)
-    p.add_argument("--alphas", default="0,0.01,0.05,0.1,0.2,0.3,0.5,0.7,1.0",
-                   help="alpha values for 'sweep alpha', comma-separated")
-    p.add_argument("--layers", default=None, help="layer indices for 'sweep layers', "
-                   "comma-separated (default: all)")
-    p.add_argument("--whiten", default="realign", help="methods for 'sweep layers' "
-                   "(besides the base embedding)")
+    p.add_argument(
+        "--alphas",
+        default="0,0.01,0.05,0.1,0.2,0.3,0.5,0.7,1.0",
+        help="alpha values for 'sweep alpha', comma-separated",
+    )
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="layer indices for 'sweep layers', comma-separated (default: all)",
+    )
+    p.add_argument(
+        "--whiten",
+        default="realign",
+        help="methods for 'sweep layers' (besides the base embedding)",
+    )
     p.add_argument("--layer", default="final_norm", help="hook point for 'sweep alpha'")
-    p.add_argument("--out", required=True, help="sweep JSON path (the figure goes next to it, .html)")
+    p.add_argument(
+        "--out", required=True, help="sweep JSON path (the figure goes next to it, .html)"
+    )
     p.add_argument("--figure", default=None, help="figure path (default: OUT with .html)")
     p.set_defaults(func=run)
 
@@ -59,14 +70,18 @@ def run(args: argparse.Namespace) -> int:
         res = alpha_sweep(adapter, task, alphas, config, cache=cache)
     else:
         methods = ["none"] + [
-            canonical_method(m) for m in args.whiten.split(",") if m.strip() and canonical_method(m) != "none"
+            canonical_method(m)
+            for m in args.whiten.split(",")
+            if m.strip() and canonical_method(m) != "none"
         ]
         layers = None
         if args.layers:
             try:
                 layers = [int(x) for x in args.layers.split(",") if x.strip()]
             except ValueError:
-                raise CLIError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
+                raise CLIError(
+                    f"--layers must be comma-separated integers, got {args.layers!r}"
+                ) from None
         config = make_config(args, methods)
         adapter, task, cache, rank = setup(args)
         res = layer_sweep(adapter, task, config, layers=layers, cache=cache)

@@ -431,7 +431,9 @@ def open_mbeir(
         task = infer_task(
             _side_modalities(files["query"]), _side_modalities(files["corpus"]), str(root)
         )
-        logger.info("%s: task %d (%s) inferred from the modalities", root.name, task, TASK_NAMES[task])
+        logger.info(
+            "%s: task %d (%s) inferred from the modalities", root.name, task, TASK_NAMES[task]
+        )
     elif task not in TASKS:
         raise ValueError(f"task must be one of 1-8 (the paper's M-BEIR task types), got {task}")
     qkind, ckind = TASKS[task]

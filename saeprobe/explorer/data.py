@@ -18,7 +18,8 @@ File format (one ``.safetensors`` file), either
 Optional safetensors metadata (strings): ``query_modality`` / ``candidate_modality``
 (``"text"`` or ``"image"``, used for modality scores when no features table is given) and
 ``query_labels`` / ``candidate_labels`` (JSON lists of strings shown in the per-query view,
-e.g. captions or image ids). Write a file with :func:`save_data`.
+e.g. captions or image ids; ``text_labels`` / ``image_labels``, else the pairs file's
+``text_ids`` / ``image_ids``, for a pairs file). Write a file with :func:`save_data`.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ class ExplorerData:
             raise ValueError("queries and candidates must be floating-point embeddings")
         self.queries, self.candidates = q.float(), c.float()
         if len(self.relevant) != q.shape[0]:
-            raise ValueError(f"relevance lists {len(self.relevant)} queries but there are {q.shape[0]}")
+            raise ValueError(
+                f"relevance lists {len(self.relevant)} queries but there are {q.shape[0]}"
+            )
         n = c.shape[0]
         self.relevant = [{int(j) for j in r} for r in self.relevant]
         for i, r in enumerate(self.relevant):
@@ -175,7 +178,9 @@ def load_data(
         elif "qrels" in t:
             pairs = t["qrels"].long()
             if pairs.ndim != 2 or pairs.shape[1] != 2:
-                raise ValueError(f"qrels must be int64 [R, 2] (query row, candidate row), got {tuple(pairs.shape)}")
+                raise ValueError(
+                    f"qrels must be int64 [R, 2] (query row, candidate row), got {tuple(pairs.shape)}"
+                )
             relevant = [set() for _ in range(q.shape[0])]
             for qi, ci in pairs.tolist():
                 if not 0 <= qi < q.shape[0]:
@@ -201,9 +206,12 @@ def load_data(
             candidate_modality=meta.get("candidate_modality"),
         )
     if {"image_emb", "text_emb"} <= keys:
-        img_l, txt_l = labels("image_labels"), labels("text_labels")
+        img_l = labels("image_labels") or labels("image_ids")
+        txt_l = labels("text_labels") or labels("text_ids")
         ql, cl = (txt_l, img_l) if direction == "t2i" else (img_l, txt_l)
-        return from_pairs(t["image_emb"], t["text_emb"], direction, query_labels=ql, candidate_labels=cl)
+        return from_pairs(
+            t["image_emb"], t["text_emb"], direction, query_labels=ql, candidate_labels=cl
+        )
     raise ValueError(
         f"{path} holds {sorted(keys)}; the explorer needs 'queries' + 'candidates' or "
         "'image_emb' + 'text_emb' (docs/explorer.md)"
@@ -225,8 +233,13 @@ def save_data(
 
     rel = list(relevant) if relevant is not None else [{i} for i in range(queries.shape[0])]
     data = ExplorerData(  # validates
-        queries, candidates, rel, list(query_labels) if query_labels else None,
-        list(candidate_labels) if candidate_labels else None, query_modality, candidate_modality,
+        queries,
+        candidates,
+        rel,
+        list(query_labels) if query_labels else None,
+        list(candidate_labels) if candidate_labels else None,
+        query_modality,
+        candidate_modality,
     )
     pairs = [(qi, ci) for qi, r in enumerate(data.relevant) for ci in sorted(r)]
     tensors = {

@@ -126,8 +126,12 @@ def _make_handler(session: ExplorerSession) -> type[BaseHTTPRequestHandler]:
                 ablate = [int(x) for x in _str(qs, "ablate", "").split(",") if x.strip()]
                 return self._json(
                     session.query(
-                        int(idx), ablate, _str(qs, "op", "subtract"), _str(qs, "whiten", "none"),
-                        float(_str(qs, "alpha", "0.1")), _str(qs, "sides", "both"),
+                        int(idx),
+                        ablate,
+                        _str(qs, "op", "subtract"),
+                        _str(qs, "whiten", "none"),
+                        float(_str(qs, "alpha", "0.1")),
+                        _str(qs, "sides", "both"),
                         top_n=_int(qs, "top", 5),
                     )
                 )
@@ -153,15 +157,21 @@ def _make_handler(session: ExplorerSession) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             if path == "/api/evaluate":
                 res = session.evaluate(
-                    body.get("ablate", []), body.get("op", "subtract"), body.get("whiten", "none"),
-                    body.get("alpha", 0.1), body.get("sides", "both"),
+                    body.get("ablate", []),
+                    body.get("op", "subtract"),
+                    body.get("whiten", "none"),
+                    body.get("alpha", 0.1),
+                    body.get("sides", "both"),
                 )
                 return self._json(res.to_dict())
             if path == "/api/sweep":
                 return self._json(
                     session.sweep(
-                        body.get("op", "subtract"), body.get("whiten", "none"), body.get("alpha", 0.1),
-                        n_max=int(body.get("n_max", 32)), steps=body.get("steps"),
+                        body.get("op", "subtract"),
+                        body.get("whiten", "none"),
+                        body.get("alpha", 0.1),
+                        n_max=int(body.get("n_max", 32)),
+                        steps=body.get("steps"),
                         sides=body.get("sides", "both"),
                     )
                 )
@@ -183,7 +193,9 @@ def _int(qs: dict, key: str, default: int) -> int:
         raise _BadRequest(f"{key} must be an integer, got {v!r}") from exc
 
 
-def make_server(session: ExplorerSession, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+def make_server(
+    session: ExplorerSession, host: str = "127.0.0.1", port: int = 8765
+) -> ThreadingHTTPServer:
     """Bind a :class:`ThreadingHTTPServer` (``port=0``: any free port, see ``server.server_port``)."""
     server = ThreadingHTTPServer((host, port), _make_handler(session))
     server.daemon_threads = True

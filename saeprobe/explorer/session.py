@@ -113,9 +113,13 @@ class EvalConfig:
         try:
             ids = sorted({int(i) for i in ablate})
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"ablate must be a list of integer feature ids, got {ablate!r}") from exc
+            raise ValueError(
+                f"ablate must be a list of integer feature ids, got {ablate!r}"
+            ) from exc
         if c is not None and ids and (ids[0] < 0 or ids[-1] >= c):
-            raise ValueError(f"feature ids must lie in [0, {c}) (the SAE width), got {ids[0]}..{ids[-1]}")
+            raise ValueError(
+                f"feature ids must lie in [0, {c}) (the SAE width), got {ids[0]}..{ids[-1]}"
+            )
         if whiten == "none":
             alpha = 0.1
         return cls(tuple(ids), op, whiten, alpha, sides)
@@ -157,7 +161,11 @@ class EvalResult:
                 "config": asdict(self.config),
                 "metrics": self.metrics,
                 "baseline": self.baseline,
-                "delta": {k: self.metrics[k] - self.baseline[k] for k in self.metrics if k in self.baseline},
+                "delta": {
+                    k: self.metrics[k] - self.baseline[k]
+                    for k in self.metrics
+                    if k in self.baseline
+                },
                 "n_ablated": len(self.config.ablate),
                 "seconds": self.seconds,
                 "path": self.path,
@@ -176,6 +184,22 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def _sae_tensors(sae: Any, d: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The SAE's dictionary ``[c, d]`` and decoder bias ``[d]`` (or None), float32 on CPU;
+    checks the width against the embeddings."""
+    D = getattr(sae, "dictionary", None)
+    if not isinstance(D, torch.Tensor) or D.ndim != 2:
+        raise ValueError("the SAE has no `dictionary` [c, d]; load it with saeprobe.sae.load_sae")
+    if D.shape[1] != d:
+        raise ValueError(
+            f"the embeddings have d={d} but the SAE expects d_in={D.shape[1]}; use the SAE "
+            "trained on this model / hook point"
+        )
+    b = getattr(sae, "b_dec", None)
+    b = b.detach().float().cpu() if isinstance(b, torch.Tensor) else None
+    return D.detach().float().cpu().contiguous(), b
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -212,18 +236,14 @@ class ExplorerSession:
         *,
         ks: Sequence[int] = (1, 5, 10),
         max_dense_scores: int = 50_000_000,
-        chunk_size: int = 2048,
+        chunk_size: int = 1024,
         cache_size: int = 32,
     ) -> None:
         from analysis import encode_all, pairs_from_relevant, retrieval_attribution, top_distractors
-        from analysis.codes import check_dim, sae_decoder_bias, sae_dictionary
 
         t0 = time.perf_counter()
         self.data = data
-        check_dim(sae, data.d, "explorer embeddings")
-        self.dictionary = sae_dictionary(sae).float().cpu().contiguous()
-        b = sae_decoder_bias(sae)
-        self.bias = b.float().cpu() if b is not None else None
+        self.dictionary, self.bias = _sae_tensors(sae, data.d)
         self.c = int(self.dictionary.shape[0])
         self.codes_q = encode_all(sae, data.queries)
         self.codes_c = encode_all(sae, data.candidates)
@@ -236,7 +256,7 @@ class ExplorerSession:
         self._cache: OrderedDict[EvalConfig, EvalResult] = OrderedDict()
         self._cache_size = int(cache_size)
         self._emb_cache: OrderedDict[EvalConfig, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._gram: dict[str, torch.Tensor] = {}
+        self._gram: dict[tuple[str, str], torch.Tensor] = {}
         self._norm2: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._base_vecs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         rel_max = max((len(r) for r in data.relevant), default=0)
@@ -249,8 +269,13 @@ class ExplorerSession:
         if qi.numel() == 0:
             raise ValueError("no query has a relevant candidate: nothing to attribute or evaluate")
         att = retrieval_attribution(
-            self.codes_q, self.codes_c, self.dictionary, pairs=(qi, ci),
-            x_q=data.queries, x_c=data.candidates, normalize=True,
+            self.codes_q,
+            self.codes_c,
+            self.dictionary,
+            pairs=(qi, ci),
+            x_q=data.queries,
+            x_c=data.candidates,
+            normalize=True,
         )
         self.attribution = att.attribution  # [c] float64
         self.mean_similarity = att.mean_similarity
@@ -259,9 +284,14 @@ class ExplorerSession:
         self.baseline_result = self._compute(EvalConfig(), baseline={})
         self.baseline = self.baseline_result.metrics
         self.baseline_result.baseline = self.baseline
+        self._cache[EvalConfig()] = self.baseline_result
         logger.info(
             "explorer session ready in %.2fs: %d queries, %d candidates, d=%d, c=%d, baseline %s",
-            time.perf_counter() - t0, data.n_queries, n, data.d, self.c,
+            time.perf_counter() - t0,
+            data.n_queries,
+            n,
+            data.d,
+            self.c,
             {k: round(v, 4) for k, v in self.baseline.items()},
         )
 
@@ -284,8 +314,12 @@ class ExplorerSession:
         d = self.data
         if {d.query_modality, d.candidate_modality} == {"text", "image"}:
             side = {d.query_modality: self.codes_q, d.candidate_modality: self.codes_c}
-            et = mean_of(side["text"].values.double(), side["text"].indices, side["text"].values.shape[0])
-            ei = mean_of(side["image"].values.double(), side["image"].indices, side["image"].values.shape[0])
+            et = mean_of(
+                side["text"].values.double(), side["text"].indices, side["text"].values.shape[0]
+            )
+            ei = mean_of(
+                side["image"].values.double(), side["image"].indices, side["image"].values.shape[0]
+            )
             score = modality_score(et, ei)
         else:
             score = torch.full((c,), float("nan"), dtype=torch.float64)
@@ -298,7 +332,7 @@ class ExplorerSession:
             "tag": modality_tags(score, energy),
             "name": [""] * c,
         }
-        table["source"] = ["explorer data"] * 1
+        self.stats_source = "explorer data"
         if features is not None:
             self._merge_table(table, features)
         return table
@@ -309,7 +343,9 @@ class ExplorerSession:
         else:
             path = Path(features)
             if not path.is_file():
-                raise FileNotFoundError(f"no features table at {path}: pass features.parquet from saeprobe analyze")
+                raise FileNotFoundError(
+                    f"no features table at {path}: pass features.parquet from saeprobe analyze"
+                )
             if path.suffix == ".csv":
                 import pyarrow.csv as pacsv
 
@@ -319,7 +355,9 @@ class ExplorerSession:
 
                 cols = pq.read_table(path).to_pydict()
         if "feature" not in cols:
-            raise ValueError("the features table needs a 'feature' column (concept ids); use saeprobe analyze's features.parquet")
+            raise ValueError(
+                "the features table needs a 'feature' column (concept ids); use saeprobe analyze's features.parquet"
+            )
         ids = [int(x) for x in cols["feature"]]
         if ids and (min(ids) < 0 or max(ids) >= self.c):
             raise ValueError(
@@ -336,13 +374,15 @@ class ExplorerSession:
                 table[col] = [None] * self.c
             for i, v in zip(ids, cols[col]):
                 table[col][i] = v
-        table["source"] = ["features table"]
+        self.stats_source = "features table"
 
-    def features(self, limit: int | None = 200, offset: int = 0, only_active: bool = True) -> list[dict]:
+    def features(
+        self, limit: int | None = 200, offset: int = 0, only_active: bool = True
+    ) -> list[dict]:
         """Concepts sorted by retrieval attribution (highest first) with their statistics."""
         out = []
-        A = self.attribution
-        total = float(A.abs().sum()) or 1.0
+        total = float(self.attribution.abs().sum()) or 1.0
+        A = self.attribution.tolist()
         energy = self.table["energy"]
         pos = 0
         for i in self.ranking.tolist():
@@ -352,12 +392,11 @@ class ExplorerSession:
                 row = {
                     "id": i,
                     "rank": pos + 1,
-                    "attribution": float(A[i]),
-                    "attribution_share": float(A[i]) / total,
+                    "attribution": A[i],
+                    "attribution_share": A[i] / total,
                 }
                 for col, vals in self.table.items():
-                    if col != "source":
-                        row[col] = vals[i]
+                    row[col] = vals[i]
                 out.append(row)
             pos += 1
             if limit is not None and len(out) >= limit:
@@ -379,7 +418,7 @@ class ExplorerSession:
                 "candidate_modality": d.candidate_modality,
                 "baseline": self.baseline,
                 "mean_cosine_relevant": self.mean_similarity,
-                "stats_source": self.table["source"][0],
+                "stats_source": self.stats_source,
                 "n_active": int(sum(1 for e in self.table["energy"] if e)),
             }
         )
@@ -401,8 +440,12 @@ class ExplorerSession:
         return self._base_vecs[kind]
 
     def embeddings(
-        self, ablate: Sequence[int] = (), op: str = "subtract", whiten: str = "none",
-        alpha: float = 0.1, sides: str = "both",
+        self,
+        ablate: Sequence[int] = (),
+        op: str = "subtract",
+        whiten: str = "none",
+        alpha: float = 0.1,
+        sides: str = "both",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-norm ``(queries [Q, d], candidates [N, d])`` of a setting, computed directly with
         :func:`analysis.ablate` and :func:`saeprobe.whitening.realign`."""
@@ -417,8 +460,16 @@ class ExplorerSession:
 
         S = list(cfg.ablate)
         xq, xc = self.data.queries, self.data.candidates
-        q = ablate(xq, self.codes_q, self.dictionary, S, cfg.op, bias=self.bias) if cfg.sides != "candidate" else _unit(xq)
-        c = ablate(xc, self.codes_c, self.dictionary, S, cfg.op, bias=self.bias) if cfg.sides != "query" else _unit(xc)
+        q = (
+            ablate(xq, self.codes_q, self.dictionary, S, cfg.op, bias=self.bias)
+            if cfg.sides != "candidate"
+            else _unit(xq)
+        )
+        c = (
+            ablate(xc, self.codes_c, self.dictionary, S, cfg.op, bias=self.bias)
+            if cfg.sides != "query"
+            else _unit(xc)
+        )
         if cfg.whiten == "realign":
             from saeprobe.whitening import realign
 
@@ -431,13 +482,16 @@ class ExplorerSession:
 
     # ------------------------------------------------------------------ fast path
     def _fast_ok(self, cfg: EvalConfig) -> bool:
-        return cfg.whiten == "none" and self.data.n_queries * self.data.n_candidates <= self.max_dense_scores
+        return (
+            cfg.whiten == "none"
+            and self.data.n_queries * self.data.n_candidates <= self.max_dense_scores
+        )
 
-    def _gram_of(self, kind: str) -> torch.Tensor:
-        if kind not in self._gram:
-            xq, xc = self._base(kind)
-            self._gram[kind] = xq @ xc.T
-        return self._gram[kind]
+    def _gram_of(self, kq: str, kc: str) -> torch.Tensor:
+        """Raw ``[Q, N]`` inner products of the query base ``kq`` with the candidate base ``kc``."""
+        if (kq, kc) not in self._gram:
+            self._gram[(kq, kc)] = self._base(kq)[0] @ self._base(kc)[1].T
+        return self._gram[(kq, kc)]
 
     def _norms2(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared row norms (float64) of the base vectors."""
@@ -453,17 +507,21 @@ class ExplorerSession:
         pos = lookup[codes.indices]
         ok = pos >= 0
         A = torch.zeros(codes.values.shape[0], S.numel() + 1)
-        A.scatter_add_(1, torch.where(ok, pos, S.numel()), torch.where(ok, codes.values.float(), 0.0))
+        A.scatter_add_(
+            1, torch.where(ok, pos, S.numel()), torch.where(ok, codes.values.float(), 0.0)
+        )
         return A[:, :-1]
 
     def _fast_terms(self, cfg: EvalConfig):
         """``(gram, U, V, n2_q, n2_c)`` with scores ``(gram - U V^T) / (|q'| |c'|)``."""
-        kind = "rec" if cfg.op == "zero" else "x"
-        xq, xc = self._base(kind)
-        gram = self._gram_of(kind)
-        n2_q, n2_c = self._norms2(kind)
-        S = torch.tensor(cfg.ablate, dtype=torch.long)
         do_q, do_c = cfg.sides != "candidate", cfg.sides != "query"
+        # "zero" acts on the SAE reconstructions; a side left alone keeps its embeddings
+        kq = "rec" if cfg.op == "zero" and do_q else "x"
+        kc = "rec" if cfg.op == "zero" and do_c else "x"
+        xq, xc = self._base(kq)[0], self._base(kc)[1]
+        gram = self._gram_of(kq, kc)
+        n2_q, n2_c = self._norms2(kq)[0], self._norms2(kc)[1]
+        S = torch.tensor(cfg.ablate, dtype=torch.long)
         if S.numel() == 0:
             return gram, None, None, n2_q, n2_c
         DS = self.dictionary[S]
@@ -487,40 +545,65 @@ class ExplorerSession:
         return gram, U, V, n2_q, n2_c
 
     # ------------------------------------------------------------------ scoring
-    def _score_blocks(self, cfg: EvalConfig, rows: torch.Tensor | None = None):
-        """Yield ``(query rows, scores [b, N])`` for a setting."""
+    def _score_blocks(self, cfg: EvalConfig, rows: torch.Tensor | None = None, exact: bool = True):
+        """Yield ``(query rows, scores [b, N])`` for a setting (all queries by default).
+
+        ``exact=False`` leaves out the per-query scale ``1 / |q'|`` (ranks within a row do not
+        change), saving a pass over the block.
+        """
         Q = self.data.n_queries
-        rows = torch.arange(Q) if rows is None else rows
+        # at most chunk_size query rows and about 8M scores per block
+        b = max(1, min(self.chunk_size, 8_000_000 // self.data.n_candidates))
+        if rows is None:
+            blocks = [slice(s, min(s + b, Q)) for s in range(0, Q, b)]
+        else:
+            blocks = [rows[s : s + b] for s in range(0, rows.numel(), b)]
         if self._fast_ok(cfg):
             gram, U, V, n2_q, n2_c = self._fast_terms(cfg)
             inv_c = (1.0 / n2_c.clamp_min(0).sqrt().clamp_min(1e-12)).float()
             inv_q = (1.0 / n2_q.clamp_min(0).sqrt().clamp_min(1e-12)).float()
-            for s in range(0, rows.numel(), self.chunk_size):
-                r = rows[s : s + self.chunk_size]
-                num = gram[r] if U is None else torch.addmm(gram[r], U[r], V.T, alpha=-1.0)
-                yield r, num.mul_(inv_q[r, None]).mul_(inv_c[None, :])
+            for r in blocks:
+                num = (
+                    gram[r] * inv_c
+                    if U is None
+                    else torch.addmm(gram[r], U[r], V.T, alpha=-1.0).mul_(inv_c)
+                )
+                yield r, num.mul_(inv_q[r, None]) if exact else num
         else:
             q, c = self._embeddings(cfg)
-            for s in range(0, rows.numel(), self.chunk_size):
-                r = rows[s : s + self.chunk_size]
+            for r in blocks:
                 yield r, q[r] @ c.T
 
-    def _ranks(self, r: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def _ranks(self, r, scores: torch.Tensor, top: torch.Tensor | None = None) -> torch.Tensor:
+        """1-based rank of each row's best relevant candidate (0: none relevant): the number of
+        candidates scoring strictly higher, plus one."""
         rel = self._rel_pad[r]
         valid = rel >= 0
+        has = valid.any(1)
         rs = torch.gather(scores, 1, rel.clamp_min(0)).masked_fill(~valid, float("-inf"))
         best = rs.max(1).values
-        rank = (scores > best[:, None]).sum(1) + 1
-        return torch.where(valid.any(1), rank, torch.zeros_like(rank))
+        rank = torch.zeros(rel.shape[0], dtype=torch.long)
+        todo = has
+        if top is not None:  # relevant inside the top-K: its rank is its position
+            hit = (top[:, :, None] == rel[:, None, :]).logical_and_(valid[:, None, :]).any(2)
+            found = hit.any(1)
+            rank[found] = hit[found].int().argmax(1) + 1
+            todo = has & ~found
+        if todo.any():
+            idx = torch.nonzero(todo).reshape(-1)
+            sub = scores[idx]
+            rank[idx] = torch.gt(sub, best[idx, None]).sum(1, dtype=torch.int64) + 1
+        return rank
 
     def _compute(self, cfg: EvalConfig, baseline: dict[str, float]) -> EvalResult:
         from saeprobe.ranking import ranking_metrics
 
         t0 = time.perf_counter()
         tops, ranks = [], []
-        for r, scores in self._score_blocks(cfg):
-            tops.append(torch.topk(scores, self.k_top, dim=1).indices)
-            ranks.append(self._ranks(r, scores))
+        for r, scores in self._score_blocks(cfg, exact=False):
+            top = torch.topk(scores, self.k_top, dim=1).indices
+            tops.append(top)
+            ranks.append(self._ranks(r, scores, top))
         top = torch.cat(tops)
         rank = torch.cat(ranks).numpy()
         m = ranking_metrics(top, self.data.relevant, self.ks, ndcg_k=10, complete=True)
@@ -534,8 +617,12 @@ class ExplorerSession:
 
     # ------------------------------------------------------------------ public
     def evaluate(
-        self, ablate: Sequence[int] = (), op: str = "subtract", whiten: str | bool = "none",
-        alpha: float = 0.1, sides: str = "both",
+        self,
+        ablate: Sequence[int] = (),
+        op: str = "subtract",
+        whiten: str | bool = "none",
+        alpha: float = 0.1,
+        sides: str = "both",
     ) -> EvalResult:
         """Retrieval after removing ``ablate`` with ``op`` (and ReAlign when ``whiten``)."""
         cfg = EvalConfig.make(ablate, op, whiten, alpha, sides, c=self.c)
@@ -543,17 +630,31 @@ class ExplorerSession:
             if cfg in self._cache:
                 self._cache.move_to_end(cfg)
                 hit = self._cache[cfg]
-                return EvalResult(hit.config, hit.metrics, hit.baseline, hit.ranks, hit.top, 0.0, hit.path)
+                return EvalResult(
+                    hit.config, hit.metrics, hit.baseline, hit.ranks, hit.top, 0.0, hit.path
+                )
             res = self._compute(cfg, self.baseline if hasattr(self, "baseline") else {})
             self._cache[cfg] = res
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        logger.info("evaluated %d ablated (%s, %s) in %.3fs", len(cfg.ablate), cfg.op, cfg.whiten, res.seconds)
+        logger.info(
+            "evaluated %d ablated (%s, %s) in %.3fs",
+            len(cfg.ablate),
+            cfg.op,
+            cfg.whiten,
+            res.seconds,
+        )
         return res
 
     def query(
-        self, i: int, ablate: Sequence[int] = (), op: str = "subtract", whiten: str | bool = "none",
-        alpha: float = 0.1, sides: str = "both", top_n: int = 5,
+        self,
+        i: int,
+        ablate: Sequence[int] = (),
+        op: str = "subtract",
+        whiten: str | bool = "none",
+        alpha: float = 0.1,
+        sides: str = "both",
+        top_n: int = 5,
     ) -> dict:
         """One query's top ``top_n`` candidates and the rank of its relevant one, before
         (original embeddings) and after (the setting)."""
@@ -569,7 +670,9 @@ class ExplorerSession:
         out: dict[str, Any] = {
             "index": i,
             "label": d.query_label(i),
-            "relevant": [{"index": j, "label": d.candidate_label(j)} for j in sorted(d.relevant[i])],
+            "relevant": [
+                {"index": j, "label": d.candidate_label(j)} for j in sorted(d.relevant[i])
+            ],
         }
         rows = torch.tensor([i])
         for name, c in (("before", EvalConfig()), ("after", cfg)):
@@ -580,16 +683,25 @@ class ExplorerSession:
             out[name] = {
                 "rank": int(self._ranks(rows, scores)[0]),
                 "top": [
-                    {"index": int(j), "label": d.candidate_label(int(j)), "score": float(v),
-                     "relevant": int(j) in d.relevant[i]}
+                    {
+                        "index": int(j),
+                        "label": d.candidate_label(int(j)),
+                        "score": float(v),
+                        "relevant": int(j) in d.relevant[i],
+                    }
                     for v, j in zip(val.tolist(), idx.tolist())
                 ],
             }
         return json_safe(out)
 
     def sweep(
-        self, op: str = "subtract", whiten: str | bool = "none", alpha: float = 0.1,
-        n_max: int = 32, steps: Sequence[int] | None = None, sides: str = "both",
+        self,
+        op: str = "subtract",
+        whiten: str | bool = "none",
+        alpha: float = 0.1,
+        n_max: int = 32,
+        steps: Sequence[int] | None = None,
+        sides: str = "both",
     ) -> dict:
         """Recall@k and MRR after ablating the top ``n`` attribution concepts, for each ``n``
         in ``steps`` (default 0, 1, 2, 4, ... ``n_max``)."""
@@ -600,9 +712,15 @@ class ExplorerSession:
         if steps and (steps[0] < 0 or steps[-1] > self.c):
             raise ValueError(f"sweep steps must lie in [0, {self.c}]")
         order = self.ranking.tolist()
-        out: dict[str, Any] = {"x": steps, "recall": {str(k): [] for k in self.ks}, "MRR": [],
-                               "concepts": order[: max(steps, default=0)], "op": op,
-                               "whiten": whiten, "xlabel": "number of ablated top-attribution features"}
+        out: dict[str, Any] = {
+            "x": steps,
+            "recall": {str(k): [] for k in self.ks},
+            "MRR": [],
+            "concepts": order[: max(steps, default=0)],
+            "op": op,
+            "whiten": whiten,
+            "xlabel": "number of ablated top-attribution features",
+        }
         for n in steps:
             r = self.evaluate(order[:n], op, whiten, alpha, sides)
             for k in self.ks:

@@ -63,7 +63,9 @@ def planted_retrieval(
     C = 2 * n_style + n_pairs + n_distractors
     d = C if d is None else int(d)
     if d < C:
-        raise ValueError(f"d={d} is below the number of planted concepts {C}; raise d or lower n_pairs")
+        raise ValueError(
+            f"d={d} is below the number of planted concepts {C}; raise d or lower n_pairs"
+        )
     q, _ = torch.linalg.qr(torch.randn(d, C, generator=g))
     D = q.T.contiguous()  # [C, d] orthonormal rows
     sae = TopKSAE(SAEConfig(arch="topk", d_in=d, d_sae=C, k=2 + n_distractors))
@@ -80,7 +82,9 @@ def planted_retrieval(
 
     image, text = side(visual), side(textual)
     data = from_pairs(
-        image, text, "t2i",
+        image,
+        text,
+        "t2i",
         query_labels=[f"caption {p}" for p in range(n_pairs)],
         candidate_labels=[f"image {p}" for p in range(n_pairs)],
     )

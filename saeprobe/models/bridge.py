@@ -41,30 +41,26 @@ def supported_bridge_architectures() -> list[str]:
     return sorted(adapters if adapters is not None else factory.SUPPORTED_ARCHITECTURES)
 
 
-def _use_own_norm_eps(bridge: Any) -> int:
-    """Make bridged norms whose eps differs from the bridge's run the HF module itself.
+def _use_native_norms(bridge: Any) -> int:
+    """Make every bridged norm return its HF module's own output.
 
-    TransformerLens re-implements LayerNorm / RMSNorm with the bridge config's (text)
-    ``eps``; a vision tower's norms have their own (CLIP: ``layer_norm_eps=1e-5`` where
-    the Llama decoder has ``1e-6``), so their outputs would drift. The native path fires
-    the same hooks and returns the HF module's own output. Returns how many were switched.
+    TransformerLens re-implements LayerNorm / RMSNorm from the bridge config (the text
+    decoder's): a vision tower's norms then get the decoder's ``eps`` (CLIP in LLaVA:
+    1e-6 instead of 1e-5) or even RMS semantics (SigLIP in Gemma 3: no mean
+    subtraction), and image-token activations drift from HF's. The native path fires
+    the same hooks (``hook_scale``, ``hook_normalized``) and returns HF's output.
+    Returns how many norms were switched.
     """
     from transformer_lens.model_bridge.generalized_components.normalization import (
         NormalizationBridge,
     )
 
-    cfg_eps = float(getattr(bridge.cfg, "eps", 1e-5))
     switched = 0
     for module in bridge.modules():
-        if not isinstance(module, NormalizationBridge) or module.use_native_layernorm_autograd:
-            continue
-        original = getattr(module, "original_component", None)
-        eps = getattr(original, "eps", getattr(original, "variance_epsilon", None))
-        if isinstance(eps, (int, float)) and float(eps) != cfg_eps:
+        if isinstance(module, NormalizationBridge) and not module.use_native_layernorm_autograd:
             module.use_native_layernorm_autograd = True
             switched += 1
-    if switched:
-        logger.debug("%d bridged norms use their own eps (bridge eps %g)", switched, cfg_eps)
+    logger.debug("%d bridged norms run their HF module", switched)
     return switched
 
 
@@ -76,8 +72,10 @@ def make_bridge(adapter: Any, *, tokenizer: Any = None) -> Any:
     layers become bridge blocks and attention switches to the eager implementation,
     so the adapter and the bridge then run the same modules and give the same
     activations (which may differ in the last bits from an SDPA run before bridging).
-    Norms whose ``eps`` differs from the decoder's (a CLIP vision tower's LayerNorms)
-    run their HF module, so bridged activations equal HF's eager ones exactly.
+    A second call on the same adapter returns the same bridge.
+    Bridged norms are set to run their HF module (TransformerLens' own re-implementation
+    uses the decoder's eps and norm type for vision-tower norms too), so bridged
+    activations equal HF's eager ones exactly.
 
     Parameters
     ----------
@@ -97,6 +95,9 @@ def make_bridge(adapter: Any, *, tokenizer: Any = None) -> Any:
         TransformerLens has no bridge for the architecture, or its bridge needs a
         library that is not installed.
     """
+    cached = getattr(adapter, "_tl_bridge", None)
+    if cached is not None:  # the model is wrapped in place: one bridge per adapter
+        return cached
     if getattr(adapter, "is_dual_encoder", False):
         raise BridgeUnsupportedError(
             f"{type(adapter).__name__} is a dual encoder; TransformerLens bridges decoder "
@@ -105,11 +106,14 @@ def make_bridge(adapter: Any, *, tokenizer: Any = None) -> Any:
     arch = bridge_architecture(adapter)
     supported = supported_bridge_architectures()
     if arch not in supported:
-        mllms = [a for a in supported if "ConditionalGeneration" in a][:12]
+        from .registry import ADAPTERS, _import_builtins
+
+        _import_builtins()
+        both = sorted(set(ADAPTERS) & set(supported))
         raise BridgeUnsupportedError(
             f"TransformerLens has no bridge for {arch}; capture with the adapter's own hook "
-            f"points instead (resid_pre.0, resid_post.L, final_norm: no bridge=...). Bridged "
-            f"multimodal architectures include {', '.join(mllms)}."
+            f"points instead (resid_pre.0, resid_post.L, final_norm: no bridge=...). Of "
+            f"saeprobe's architectures it bridges {', '.join(both) or 'none'}."
         )
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
@@ -126,6 +130,7 @@ def make_bridge(adapter: Any, *, tokenizer: Any = None) -> Any:
             f"TransformerLens' bridge for {arch} needs a library that is missing ({exc}); "
             "install it, or capture with the adapter's own hook points (no bridge=...)."
         ) from exc
-    _use_own_norm_eps(bridge)
+    _use_native_norms(bridge)
+    adapter._tl_bridge = bridge
     logger.info("built a TransformerLens bridge for %s (%d blocks)", arch, int(bridge.cfg.n_layers))
     return bridge

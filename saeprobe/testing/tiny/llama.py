@@ -88,7 +88,9 @@ def tiny_causal_lm(architecture: str = "LlamaForCausalLM", tokenizer: Any = None
     import transformers
 
     if architecture not in CONFIG_CLASSES:
-        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(CONFIG_CLASSES)}")
+        raise ValueError(
+            f"unknown architecture {architecture!r}; choose one of {sorted(CONFIG_CLASSES)}"
+        )
     tok = tokenizer if tokenizer is not None else build_tokenizer_for_llama()
     config = getattr(transformers, CONFIG_CLASSES[architecture])(
         **TEXT_CONFIG,
