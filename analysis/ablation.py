@@ -64,10 +64,13 @@ def ablate(
         if v.shape[0] != x.shape[0]:
             raise ValueError(f"{v.shape[0]} code rows for {x.shape[0]} embeddings")
         m = _in_set(i, S, c) if S.numel() else torch.zeros_like(i, dtype=torch.bool)
+        # only the entries of S are touched: O(entries in S x d), not O(N k d)
+        r, j = torch.nonzero(m, as_tuple=True)
+        part = torch.zeros_like(x).index_add_(0, r, v[r, j].float()[:, None] * D[i[r, j]])
         if method == "subtract":
-            out = x - decode(torch.where(m, v.float(), 0.0), i, D)
+            out = x - part
         else:
-            out = decode(torch.where(m, 0.0, v.float()), i, D, bias)
+            out = decode(v.float(), i, D, bias) - part
     if normalize:
         out = out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return out

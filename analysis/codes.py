@@ -135,7 +135,7 @@ def concept_dot_sums(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         Y = Zt @ vectors.to(D.dtype).contiguous()
-    dots = (Y * Du).sum(1).to(out.dtype)
+    dots = torch.bmm(Y.unsqueeze(1), Du.unsqueeze(2)).reshape(-1).to(out.dtype)
     if Du is D:
         out += dots
     else:

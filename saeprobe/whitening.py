@@ -654,7 +654,9 @@ class Whitener:
         )
         if out is None:
             out = torch.empty(n, st.weight.shape[1], dtype=out_dtype, device=dev)
-        half_cuda = dev.type == "cuda" and X.dtype in (torch.float16, torch.bfloat16)
+        # fp16 on CUDA: tensor-core product with W rounded to fp16 (relative 5e-4) and float32
+        # accumulation; bf16 would round W to 8 bits, so bf16 inputs are multiplied in float32
+        half_cuda = dev.type == "cuda" and X.dtype == torch.float16
         w = st.weight.to(dev)
         b = st.bias.to(dev)
         w_half = w.to(X.dtype) if half_cuda else None

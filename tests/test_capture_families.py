@@ -35,6 +35,14 @@ def adapter(request, tmp_path_factory):
 
 
 def _items(adapter):
+    from saeprobe.models.causal_lm import CausalLMAdapter
+
+    if isinstance(adapter, CausalLMAdapter):  # text-only decoder LLM
+        return [
+            Item("a", text="A man riding a wave on top of a surfboard."),
+            Item("b", text="Two dogs play with a red ball."),
+            Item("c", text="What colour is the car?"),
+        ], None
     if adapter.is_dual_encoder:
         return [
             Item("t0", text="A cat sitting on a laptop."),
@@ -109,7 +117,7 @@ def test_capture_tokens_and_pools(adapter):
         assert torch.allclose(toks, h[m], atol=1e-4)
         assert torch.equal(res.token_id[res.sample_id == i], single.input_ids[0][m])
         assert torch.equal(res.position[res.sample_id == i], torch.arange(int(m.sum()), dtype=torch.int32))
-    if not adapter.is_dual_encoder:
+    if not adapter.is_dual_encoder and any(it.image is not None for it in items):
         img_tokens = res.modality == Modality.IMAGE
         assert img_tokens.any()
         # PaliGemma gives text-only inputs a blank image (the paper's recipe)

@@ -21,6 +21,7 @@ import torch
 from saeprobe import Item, Modality
 from saeprobe.capture import capture
 from saeprobe.hooks import ResidualHooks, parse_hook_points
+from saeprobe.models import load_model
 from saeprobe.models.causal_lm import CausalLMAdapter
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,10 @@ def smollm2(request, tmp_path_factory) -> CausalLMAdapter:
     converted = root / f"{st.st_size}-{int(st.st_mtime)}"
     if (converted / "config.json").is_file() and (converted / "tokenizer.json").is_file():
         return CausalLMAdapter.from_pretrained(str(converted), dtype="float32")
-    adapter = CausalLMAdapter.from_pretrained(str(FOLDER), dtype="float32", gguf_file=GGUF)
+    # the path users run: the registry reads the GGUF config (no `architectures`) and picks
+    # the causal-LM adapter, which loads model and tokenizer from the GGUF file
+    adapter = load_model(str(FOLDER), dtype="float32", gguf_file=GGUF)
+    assert isinstance(adapter, CausalLMAdapter)
     tmp = root / f"{converted.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     # the weights are de-quantized already; transformers only refuses to save "gguf"

@@ -25,6 +25,7 @@ BUILTIN_MODULES: list[str] = [
     "gemma3",
     "clip",
     "siglip",
+    "causal_lm",
 ]
 
 
@@ -64,7 +65,12 @@ def adapter_class(architecture: str) -> type[ModelAdapter]:
 
 
 def architecture_of(name_or_path: str, **kwargs: Any) -> str:
-    """Read ``config.architectures[0]`` of a hub id or local folder."""
+    """Read ``config.architectures[0]`` of a hub id or local folder.
+
+    ``kwargs`` go to ``AutoConfig.from_pretrained`` (e.g. ``gguf_file``). A config without
+    ``architectures`` (GGUF files have none) falls back to the causal-LM class of its
+    ``model_type``.
+    """
     from transformers import AutoConfig
 
     try:
@@ -75,16 +81,25 @@ def architecture_of(name_or_path: str, **kwargs: Any) -> str:
             "config.json or a Hugging Face hub id that is cached or reachable."
         ) from exc
     archs = getattr(config, "architectures", None) or []
-    if not archs:
-        raise UnknownArchitectureError(
-            f"{name_or_path!r} has no 'architectures' entry in its config.json; set it to the "
-            "model class name (e.g. Qwen2VLForConditionalGeneration)."
-        )
-    return archs[0]
+    if archs:
+        return archs[0]
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    fallback = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", ""))
+    if fallback:
+        return fallback
+    raise UnknownArchitectureError(
+        f"{name_or_path!r} has no 'architectures' entry in its config.json; set it to the "
+        "model class name (e.g. Qwen2VLForConditionalGeneration)."
+    )
 
 
 def load_model(name_or_path: str, *, dtype=None, device=None, **kwargs: Any) -> ModelAdapter:
-    """Load any supported model (hub id or local folder) wrapped in its adapter."""
-    cls = adapter_class(architecture_of(name_or_path))
+    """Load any supported model (hub id or local folder) wrapped in its adapter.
+
+    Extra ``kwargs`` go to the adapter's loader (e.g. ``gguf_file="model.gguf"``).
+    """
+    config_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
+    cls = adapter_class(architecture_of(name_or_path, **config_kwargs))
     logger.info("loading %s with %s", name_or_path, cls.__name__)
     return cls.from_pretrained(name_or_path, dtype=dtype, device=device, **kwargs)

@@ -27,6 +27,7 @@ TINY_FAMILIES: dict[str, str] = {
     "gemma3": "gemma3",
     "clip": "clip",
     "siglip": "siglip",
+    "llama": "llama",
 }
 
 
