@@ -52,7 +52,12 @@ __all__ = [
     "SimilarityDecomposition",
     "TagConfig",
     "TopInput",
+    "ReportFiles",
     "ablate",
+    "analyze_store",
+    "build_cards",
+    "render_report",
+    "write_report",
     "ablation_sweep",
     "analyze",
     "bridge_block",
@@ -85,3 +90,14 @@ __all__ = [
     "write_features",
     "write_summary",
 ]
+
+# report symbols import plotly: loaded on first use so `import analysis` stays light
+_LAZY = {"ReportFiles", "analyze_store", "build_cards", "render_report", "write_report"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import report
+
+        return getattr(report, name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -24,12 +24,6 @@ logger = logging.getLogger(__name__)
 METHODS = ("subtract", "zero", "project")
 
 
-def _in_set(indices: torch.Tensor, concepts: torch.Tensor, c: int) -> torch.Tensor:
-    member = torch.zeros(c, dtype=torch.bool)
-    member[concepts] = True
-    return member[indices]
-
-
 def ablate(
     x: torch.Tensor,
     codes: Codes | tuple[torch.Tensor, torch.Tensor] | None,
@@ -63,10 +57,16 @@ def ablate(
         v, i = check_codes(codes[0], codes[1], c)
         if v.shape[0] != x.shape[0]:
             raise ValueError(f"{v.shape[0]} code rows for {x.shape[0]} embeddings")
-        m = _in_set(i, S, c) if S.numel() else torch.zeros_like(i, dtype=torch.bool)
-        # only the entries of S are touched: O(entries in S x d), not O(N k d)
-        r, j = torch.nonzero(m, as_tuple=True)
-        part = torch.zeros_like(x).index_add_(0, r, v[r, j].float()[:, None] * D[i[r, j]])
+        # the codes restricted to S as a dense [N, |S|] matrix, then one GEMM with D[S]:
+        # O(N |S| d), never O(N k d) (nor a gathered [entries, d] tensor)
+        S = torch.unique(S)
+        lut = torch.full((c,), -1, dtype=torch.long)
+        lut[S] = torch.arange(S.numel())
+        pos = lut[i]
+        r, j = torch.nonzero(pos >= 0, as_tuple=True)
+        zs = torch.zeros(x.shape[0], S.numel(), dtype=torch.float32)
+        zs.index_put_((r, pos[r, j]), v[r, j].float(), accumulate=True)
+        part = zs @ D[S]
         if method == "subtract":
             out = x - part
         else:

@@ -175,6 +175,12 @@ def topk_search(
     if candidates.dtype != queries.dtype:
         cdtype = torch.promote_types(cdtype, candidates.dtype)
     cand_on_dev = candidates.device == dev
+    if not cand_on_dev and dev.type == "cuda" and n_q > query_chunk_size:
+        # several query chunks would re-send every candidate block: move them once if they fit
+        need = candidates.numel() * torch.empty((), dtype=cdtype).element_size()
+        if need < 0.5 * torch.cuda.mem_get_info(dev)[0]:
+            candidates = candidates.to(dev, cdtype)
+            cand_on_dev = True
     if cand_on_dev and candidates.dtype == cdtype:
         cand_blocks = [candidates[s : s + chunk_size] for s in range(0, n_c, chunk_size)]
     else:

@@ -211,3 +211,29 @@ def test_analyze_cli_bad_inputs(inputs, tmp_path, capsys):
     (tmp_path / "sweep.json").write_text('{"x": [1, 2]}')
     assert run_cli(inputs, tmp_path / "o3", "--layer-sweep", str(tmp_path / "sweep.json")) == 2
     assert "recall" in capsys.readouterr().err
+
+
+def test_analyze_store_api_with_objects_and_pairs_only(inputs, tmp_path):
+    import pyarrow.parquet as pq
+
+    from analysis import AnalysisConfig, analyze_store, load_pairs
+
+    # objects instead of paths, statistics from the pooled pairs only (no store)
+    cfg = AnalysisConfig(n_distractors=2, ablation_steps=[0, 2], ks=(1,))
+    files = analyze_store(
+        inputs["sae_obj"], None, tmp_path / "r", pairs=load_pairs(inputs["pairs"]), cfg=cfg
+    )
+    assert (
+        files.html.exists()
+        and files.table.exists()
+        and files.csv.exists()
+        and files.summary.exists()
+    )
+    res = files.result
+    assert res.stats.n_rows == {"template": 0, "text": P, "image": P, "system": 0}
+    assert sorted(res.distractors) == sorted(HARMFUL)
+    assert res.sweep.recall[1][-1] > res.sweep.recall[1][0]
+    table = pq.read_table(files.table).to_pydict()
+    assert [table["tag"][c] for c in HARMFUL] == ["bimodal", "bimodal"]
+    with pytest.raises(ValueError, match="nothing to analyse"):
+        analyze_store(inputs["sae_obj"], None, tmp_path / "r2")

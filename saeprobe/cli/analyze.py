@@ -152,18 +152,10 @@ def _items(spec: str | None, source=None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis import (
-        AnalysisConfig,
-        TagConfig,
-        analyze,
-        load_pairs,
-        write_features,
-        write_summary,
-    )
+    from analysis import AnalysisConfig, TagConfig, load_pairs
     from analysis.figures import load_sweep
-    from analysis.report import write_report
+    from analysis.report import analyze_store
     from saeprobe.cli import CLIError
-    from saeprobe.sae import load_sae
 
     if not args.activations and not args.pairs:
         raise CLIError("nothing to analyse: pass --activations STORE and/or --pairs PAIRS")
@@ -193,17 +185,6 @@ def run(args: argparse.Namespace) -> int:
         sweep_queries=args.sweep_queries,
         device=args.device,
     )
-    sae = load_sae(args.sae, device=args.device)
-    store = None
-    meta = {"sae": str(args.sae)}
-    if args.activations:
-        from saeprobe.store import ActivationStore
-
-        store = ActivationStore(args.activations)
-        meta["activations"] = str(args.activations)
-        for k in ("model", "hook_point"):
-            if k in store.metadata:
-                meta[k] = store.metadata[k]
     pairs, source = None, None
     if args.pairs:
         pp = Path(args.pairs)
@@ -220,21 +201,21 @@ def run(args: argparse.Namespace) -> int:
             pairs = pairs_from_capture(pp, source, args.pool_key)
         else:
             pairs = load_pairs(pp)
-        meta["pairs"] = f"{args.pairs} ({pairs.n} pairs)"
     items = _items(args.data, source)
-    result = analyze(sae, store=store, pairs=pairs, cfg=cfg, progress=not args.no_progress)
-    result.meta.update(meta)
-    out = Path(args.out)
-    pq_path, csv_path = write_features(result, out)
-    write_summary(result, out)
-    report = write_report(
-        result,
-        out,
+    files = analyze_store(
+        args.sae,
+        args.activations,
+        args.out,
+        pairs=pairs,
         items=items,
+        cfg=cfg,
         layer_sweep=sweeps.get("layer_sweep"),
         alpha_sweep=sweeps.get("alpha_sweep"),
         title=args.title,
+        progress=not args.no_progress,
+        meta={"pairs": str(args.pairs)} if args.pairs else None,
     )
+    result = files.result
     share = result.tag_share
     print(
         f"{result.c} concepts; energy share: textual {100 * share['textual']:.1f}%, visual "
@@ -247,6 +228,6 @@ def run(args: argparse.Namespace) -> int:
                 f"Recall@{k} ablating 0..{result.sweep.n_ablated[-1]} distractors: "
                 + " ".join(f"{x:.3f}" for x in v)
             )
-    print(f"report: {report}")
-    print(f"features: {pq_path} {csv_path}")
+    print(f"report: {files.html}")
+    print(f"features: {files.table} {files.csv}")
     return 0

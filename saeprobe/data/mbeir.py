@@ -425,6 +425,8 @@ def open_mbeir(
     -------
     MBEIRTask
     """
+    if limit_queries is None and _ignored.get("limit") is not None:
+        limit_queries = int(_ignored["limit"])  # open_source(..., limit=N)
     root = Path(path)
     files = find_task_files(root)
     if task is None:
