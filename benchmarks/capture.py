@@ -25,9 +25,12 @@ import torch
 
 PRESETS = {
     # a small but not toy-sized language model so that matmuls dominate
-    "cpu": dict(hidden=512, inter=1376, layers=4, heads=8, kv=2, vocab=32000, batch=8, dtype="float32"),
-    "gpu7b": dict(hidden=3584, inter=18944, layers=4, heads=28, kv=4, vocab=152064, batch=16,
-                  dtype="bfloat16"),
+    "cpu": dict(
+        hidden=512, inter=1376, layers=4, heads=8, kv=2, vocab=32000, batch=8, dtype="float32"
+    ),
+    "gpu7b": dict(
+        hidden=3584, inter=18944, layers=4, heads=28, kv=4, vocab=152064, batch=16, dtype="bfloat16"
+    ),
 }
 
 
@@ -70,8 +73,11 @@ def make_items(n: int):
 
     from saeprobe import Item
 
-    photos = [Image.fromarray(data.astronaut()), Image.fromarray(data.chelsea()),
-              Image.fromarray(data.coffee())]
+    photos = [
+        Image.fromarray(data.astronaut()),
+        Image.fromarray(data.chelsea()),
+        Image.fromarray(data.coffee()),
+    ]
     captions = [
         "A woman in a space suit holding a helmet, with a flag behind her.",
         "A ginger cat looking to the side on a wooden floor.",
@@ -101,7 +107,9 @@ def timeit(fn, repeat: int, device: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--device", default=None)
     ap.add_argument("--batches", type=int, default=3)
@@ -116,8 +124,10 @@ def main() -> None:
 
     adapter = build_adapter(preset, device)
     items = make_items(preset["batch"] * args.batches)
-    batches = [adapter.encode(items[i:i + preset["batch"]]).to(device)
-               for i in range(0, len(items), preset["batch"])]
+    batches = [
+        adapter.encode(items[i : i + preset["batch"]]).to(device)
+        for i in range(0, len(items), preset["batch"])
+    ]
     n_tokens = sum(b.n_tokens for b in batches)
     n = adapter.n_layers
 
@@ -149,27 +159,40 @@ def main() -> None:
             pass
 
     rows = [
-        ("hf_full: ForConditionalGeneration + output_hidden_states", timeit(hf_full, args.repeat, device)),
+        (
+            "hf_full: ForConditionalGeneration + output_hidden_states",
+            timeit(hf_full, args.repeat, device),
+        ),
         ("hf_base: base model + output_hidden_states", timeit(hf_base, args.repeat, device)),
         ("saeprobe hooks: final_norm", timeit(ours("final_norm"), args.repeat, device)),
-        (f"saeprobe hooks: resid_post.{n // 2 - 1} (early stop)",
-         timeit(ours(str(n // 2 - 1)), args.repeat, device)),
+        (
+            f"saeprobe hooks: resid_post.{n // 2 - 1} (early stop)",
+            timeit(ours(str(n // 2 - 1)), args.repeat, device),
+        ),
     ]
     pipeline = timeit(ours_pipeline, args.repeat, device)
     ref_full, ref_base = rows[0][1], rows[1][1]
     name = "cuda" if device.startswith("cuda") else "cpu"
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name()
-    print(f"capture benchmark: preset={args.preset} device={name} d={preset['hidden']} "
-          f"layers={n} vocab={preset['vocab']} dtype={preset['dtype']} "
-          f"batches={len(batches)}x{preset['batch']} tokens={n_tokens:,}")
+    print(
+        f"capture benchmark: preset={args.preset} device={name} d={preset['hidden']} "
+        f"layers={n} vocab={preset['vocab']} dtype={preset['dtype']} "
+        f"batches={len(batches)}x{preset['batch']} tokens={n_tokens:,}"
+    )
     print(f"{'what':62s} {'s':>8s} {'tokens/s':>12s} {'vs hf_full':>11s} {'vs hf_base':>11s}")
     for label, sec in rows:
-        print(f"{label:62s} {sec:8.3f} {n_tokens / sec:12,.0f} {ref_full / sec:10.2f}x {ref_base / sec:10.2f}x")
-    print(f"{'saeprobe iter_captures (encode+hooks+labels+pool), final_norm':62s} {pipeline:8.3f} "
-          f"{n_tokens / pipeline:12,.0f} {ref_full / pipeline:10.2f}x {ref_base / pipeline:10.2f}x")
-    print("(ratios > 1.0x: saeprobe is faster; the pipeline row also includes preprocessing, "
-          "which the HF rows do not)")
+        print(
+            f"{label:62s} {sec:8.3f} {n_tokens / sec:12,.0f} {ref_full / sec:10.2f}x {ref_base / sec:10.2f}x"
+        )
+    print(
+        f"{'saeprobe iter_captures (encode+hooks+labels+pool), final_norm':62s} {pipeline:8.3f} "
+        f"{n_tokens / pipeline:12,.0f} {ref_full / pipeline:10.2f}x {ref_base / pipeline:10.2f}x"
+    )
+    print(
+        "(ratios > 1.0x: saeprobe is faster; the pipeline row also includes preprocessing, "
+        "which the HF rows do not)"
+    )
 
 
 if __name__ == "__main__":

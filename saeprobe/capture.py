@@ -139,7 +139,9 @@ def iter_captures(
     """
     pools = check_pools(pools)
     if NATIVE in pools and not getattr(adapter, "is_dual_encoder", False):
-        raise ValueError("'native' pooling needs a dual encoder (CLIP, SigLIP); use 'mean' for MLLMs")
+        raise ValueError(
+            "'native' pooling needs a dual encoder (CLIP, SigLIP); use 'mean' for MLLMs"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     target = bridge if bridge is not None else adapter
@@ -173,15 +175,15 @@ def iter_captures(
         batch = batch.to(device)
         need_hidden = tokens or any(p != NATIVE for p in pools)
         hidden = (
-            run_with_hooks(target, batch, points, tower=t, stop_early=stop_early) if need_hidden else {}
+            run_with_hooks(target, batch, points, tower=t, stop_early=stop_early)
+            if need_hidden
+            else {}
         )
         mask = batch.attention_mask.bool()
         modality = batch.modality.to(torch.int8)
         pooled: dict[str, dict[str, torch.Tensor]] = {}
         for name, h in hidden.items():
-            pooled[name] = {
-                p: POOLS[p](h, mask, modality).cpu() for p in pools if p != NATIVE
-            }
+            pooled[name] = {p: POOLS[p](h, mask, modality).cpu() for p in pools if p != NATIVE}
         if NATIVE in pools:
             with torch.inference_mode():
                 pooled[NATIVE] = {NATIVE: adapter.embed(batch).float().cpu()}

@@ -43,7 +43,9 @@ def store_dirs(out: str | os.PathLike, point_names: Sequence[str]) -> dict[str, 
     return {name: out / name for name in point_names}
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+def _atomic_save(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
+) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
@@ -218,8 +220,12 @@ def capture_to_store(
     t0 = time.perf_counter()
     n_tokens, n_items = 0, 0
     counts = torch.zeros(len(Modality), dtype=torch.long)
-    bar = tqdm(total=share, unit="item", desc=f"capture r{rank}" if world > 1 else "capture",
-               disable=not progress)
+    bar = tqdm(
+        total=share,
+        unit="item",
+        desc=f"capture r{rank}" if world > 1 else "capture",
+        disable=not progress,
+    )
     bar.update(len(range(rank, start, world)))
     for cb in iter_captures(
         adapter,

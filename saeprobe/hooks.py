@@ -243,7 +243,9 @@ class ResidualHooks:
         self._handles: list[Any] = []
         unknown = set(self.edit) - {p.name for p in self.points}
         if unknown:
-            raise HookPointError(f"edit functions for points that are not hooked: {sorted(unknown)}")
+            raise HookPointError(
+                f"edit functions for points that are not hooked: {sorted(unknown)}"
+            )
 
     # -- module lookup -------------------------------------------------------------------
     def _module_for(self, point: HookPoint) -> tuple[nn.Module, str]:
@@ -259,7 +261,9 @@ class ResidualHooks:
             if norm is None:  # hidden_states[-1] is the raw output of the last layer
                 return layers[len(layers) - 1], "post"
             return norm, "post"
-        raise HookPointError(f"{point.name!r} is a TransformerLens name; it needs a TransformerBridge")
+        raise HookPointError(
+            f"{point.name!r} is a TransformerLens name; it needs a TransformerBridge"
+        )
 
     # -- hook functions ------------------------------------------------------------------
     def _make_hook(self, point: HookPoint, last: bool, where: str):
@@ -343,8 +347,14 @@ def run_with_hooks(
     with torch.inference_mode(), hooks:
         try:
             if is_bridge(target):
-                extra = {k: v for k, v in batch.inputs.items() if k not in ("input_ids", "attention_mask")}
-                target(batch.input_ids, attention_mask=batch.attention_mask, return_type=None, **extra)
+                extra = {
+                    k: v
+                    for k, v in batch.inputs.items()
+                    if k not in ("input_ids", "attention_mask")
+                }
+                target(
+                    batch.input_ids, attention_mask=batch.attention_mask, return_type=None, **extra
+                )
             else:
                 target.forward(batch)
         except StopForward:

@@ -76,5 +76,7 @@ def pool(name: str, hidden, attention_mask, modality) -> torch.Tensor:
     """Apply the pooling called ``name`` (see :data:`POOLS`)."""
     check_pools([name])
     if name == NATIVE:
-        raise ValueError("'native' pooling is the dual encoder's own embedding; see ModelAdapter.embed")
+        raise ValueError(
+            "'native' pooling is the dual encoder's own embedding; see ModelAdapter.embed"
+        )
     return POOLS[name](hidden, attention_mask, modality)

@@ -100,8 +100,15 @@ def test_early_stop_skips_later_layers(adapter):
 
 def test_capture_tokens_and_pools(adapter):
     items, tower = _items(adapter)
-    res = capture(adapter, items, ["final_norm"], batch_size=2, pools=("mean", "last"),
-                  tower=tower, progress=False)
+    res = capture(
+        adapter,
+        items,
+        ["final_norm"],
+        batch_size=2,
+        pools=("mean", "last"),
+        tower=tower,
+        progress=False,
+    )
     assert res.n_items == len(items)
     assert res.acts["final_norm"].shape == (res.n_tokens, adapter.d_model_of(tower))
     # reference: each item alone through HF output_hidden_states
@@ -116,7 +123,9 @@ def test_capture_tokens_and_pools(adapter):
         assert toks.shape[0] == int(m.sum())
         assert torch.allclose(toks, h[m], atol=1e-4)
         assert torch.equal(res.token_id[res.sample_id == i], single.input_ids[0][m])
-        assert torch.equal(res.position[res.sample_id == i], torch.arange(int(m.sum()), dtype=torch.int32))
+        assert torch.equal(
+            res.position[res.sample_id == i], torch.arange(int(m.sum()), dtype=torch.int32)
+        )
     if not adapter.is_dual_encoder and any(it.image is not None for it in items):
         img_tokens = res.modality == Modality.IMAGE
         assert img_tokens.any()
@@ -145,7 +154,11 @@ def test_skip_system_and_start(adapter):
     items, tower = _items(adapter)
     all_batches = list(iter_captures(adapter, items, "final_norm", batch_size=1, tower=tower))
     resumed = list(iter_captures(adapter, items, "final_norm", batch_size=1, tower=tower, start=1))
-    assert [b.sample_index.tolist() for b in resumed] == [b.sample_index.tolist() for b in all_batches[1:]]
-    skipped = list(iter_captures(adapter, items, "final_norm", batch_size=1, tower=tower, skip_system=True))
+    assert [b.sample_index.tolist() for b in resumed] == [
+        b.sample_index.tolist() for b in all_batches[1:]
+    ]
+    skipped = list(
+        iter_captures(adapter, items, "final_norm", batch_size=1, tower=tower, skip_system=True)
+    )
     for b in skipped:
         assert not (b.modality == Modality.SYSTEM).any()

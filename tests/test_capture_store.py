@@ -56,9 +56,20 @@ def adapter(model_dir):
 
 def test_store_equals_memory(adapter, tmp_path):
     items = make_items(7)
-    mem = capture(adapter, items, ["final_norm", "0"], batch_size=3, pools=("mean", "last"), progress=False)
-    res = capture(adapter, items, ["final_norm", "0"], batch_size=3, pools=("mean", "last"),
-                  out=str(tmp_path / "s"), dtype="float32", progress=False, shard_tokens=64)
+    mem = capture(
+        adapter, items, ["final_norm", "0"], batch_size=3, pools=("mean", "last"), progress=False
+    )
+    res = capture(
+        adapter,
+        items,
+        ["final_norm", "0"],
+        batch_size=3,
+        pools=("mean", "last"),
+        out=str(tmp_path / "s"),
+        dtype="float32",
+        progress=False,
+        shard_tokens=64,
+    )
     assert res.n_tokens == mem.n_tokens and res.n_items == 7
     assert res.bytes_written > 0
     for name in ("final_norm", "resid_post.0"):
@@ -83,7 +94,9 @@ def test_mismatched_store_is_refused(adapter, tmp_path):
     items = make_items(3)
     capture(adapter, items, "final_norm", out=str(tmp_path / "s"), dtype="float32", progress=False)
     with pytest.raises(StoreMismatchError):
-        capture(adapter, items, "final_norm", out=str(tmp_path / "s"), dtype="float16", progress=False)
+        capture(
+            adapter, items, "final_norm", out=str(tmp_path / "s"), dtype="float16", progress=False
+        )
 
 
 SCRIPT = ITEMS_CODE + textwrap.dedent(
@@ -112,9 +125,13 @@ def test_kill_and_resume_equals_uninterrupted(model_dir, tmp_path):
     ref = tmp_path / "ref"
     subprocess.run([sys.executable, str(script), str(model_dir), str(ref)], check=True, env=env)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), str(model_dir), str(out), "slow"], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(model_dir), str(out), "slow"], env=env
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "final_norm").glob("shard-*.safetensors"))) < 2:
+    while (
+        time.time() < deadline and len(list((out / "final_norm").glob("shard-*.safetensors"))) < 2
+    ):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -149,18 +166,49 @@ def test_cli_capture_summary(model_dir, tmp_path):
     )
     out = tmp_path / "store"
     proc = subprocess.run(
-        [sys.executable, "-m", "saeprobe", "capture", "--model", str(model_dir), "--data", str(folder),
-         "--layers", "final_norm", "--out", str(out), "--dtype", "float32", "--no-progress"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "saeprobe",
+            "capture",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(folder),
+            "--layers",
+            "final_norm",
+            "--out",
+            str(out),
+            "--dtype",
+            "float32",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "tokens/s" in proc.stdout and "image=" in proc.stdout
     store = ActivationStore(out)
     assert store.n_tokens > 0 and store.modality_counts["image"] > 0
     bad = subprocess.run(
-        [sys.executable, "-m", "saeprobe", "capture", "--model", str(model_dir), "--data", str(folder),
-         "--layers", "42", "--out", str(tmp_path / "bad")],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "saeprobe",
+            "capture",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(folder),
+            "--layers",
+            "42",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 2
     last = bad.stderr.strip().splitlines()[-1]

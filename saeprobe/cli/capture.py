@@ -32,19 +32,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "an integer L or 'resid_post.L' (raw residual after layer L; -1 = last), 'resid_pre.0'",
     )
     p.add_argument("--out", required=True, help="store folder (created; resumed if it exists)")
-    p.add_argument("--pool", default="mean", help="poolings to store, comma-separated (mean, "
-                   "mean_data, last, mean_text, mean_image, mean_template, native)")
+    p.add_argument(
+        "--pool",
+        default="mean",
+        help="poolings to store, comma-separated (mean, "
+        "mean_data, last, mean_text, mean_image, mean_template, native)",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N items")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="float16", help="storage dtype: float16, bfloat16, float32")
-    p.add_argument("--model-dtype", default=None, help="model dtype (default: float32 on CPU, "
-                   "bfloat16 on CUDA)")
+    p.add_argument(
+        "--model-dtype",
+        default=None,
+        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--mode", default=None, help="data mode, e.g. images+captions (default), "
-                   "images, captions, pairs")
+    p.add_argument(
+        "--mode",
+        default=None,
+        help="data mode, e.g. images+captions (default), images, captions, pairs",
+    )
     p.add_argument("--tower", default=None, help="dual encoders: text or vision")
-    p.add_argument("--skip-system", action="store_true",
-                   help="drop leading system-prompt tokens (the paper's SAE training data)")
+    p.add_argument(
+        "--skip-system",
+        action="store_true",
+        help="drop leading system-prompt tokens (the paper's SAE training data)",
+    )
     p.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing store")
     p.add_argument("--no-progress", action="store_true")

@@ -16,7 +16,10 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 PHOTOS = {
-    "astronaut": ["A woman in a space suit holding a helmet.", "An astronaut posing next to a flag."],
+    "astronaut": [
+        "A woman in a space suit holding a helmet.",
+        "An astronaut posing next to a flag.",
+    ],
     "chelsea": ["A ginger cat looking to the side.", "A cat with orange fur on the floor."],
     "coffee": ["A cup of coffee on a saucer.", "A coffee cup with a spoon, seen from above."],
     "rocket": ["A rocket on the launch pad.", "A space shuttle ready for launch."],
@@ -26,7 +29,9 @@ PHOTOS = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run capture -> train -> analyze -> retrieve on a tiny offline model")
+    p = sub.add_parser(
+        "demo", help="run capture -> train -> analyze -> retrieve on a tiny offline model"
+    )
     p.add_argument("--out", default="out/demo", help="where the demo writes (default: out/demo)")
     p.add_argument("--family", default="qwen2_vl", help="tiny model family (see saeprobe.testing)")
     p.add_argument("--steps", type=int, default=200, help="SAE training steps")
@@ -65,13 +70,24 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model_dir = build_tiny_model(args.family, out / "model")
     folder = make_folder(out / "photos")
-    print(f"[1/4] tiny {args.family} checkpoint: {model_dir}; {len(PHOTOS)} photos with captions: {folder}")
+    print(
+        f"[1/4] tiny {args.family} checkpoint: {model_dir}; {len(PHOTOS)} photos with captions: {folder}"
+    )
 
     adapter = load_model(str(model_dir), dtype="float32")
     source = open_source(str(folder))
     store = out / "store"
-    result = capture(adapter, source, "final_norm", out=str(store), batch_size=4, dtype="float32",
-                     progress=False, data_spec=str(folder), model_name=str(model_dir))
+    result = capture(
+        adapter,
+        source,
+        "final_norm",
+        out=str(store),
+        batch_size=4,
+        dtype="float32",
+        progress=False,
+        data_spec=str(folder),
+        model_name=str(model_dir),
+    )
     print(f"[2/4] capture (final_norm = HF hidden_states[-1]): {result.summary()}")
     print(f"      store: {store}")
     stages = _later_stages()
@@ -90,16 +106,29 @@ def _train(args, out, adapter, store, folder, label):
     from sae_training import StoreSource, TrainConfig, train
 
     source = StoreSource(str(store))
-    cfg = TrainConfig(arch="topk", d_in=adapter.d_model, width=8 * adapter.d_model, k=8,
-                      recipe="default", batch_size=64, total_tokens=64 * args.steps, lr=4e-3,
-                      out_dir=str(out / "sae"), log_interval=max(1, args.steps // 4),
-                      ckpt_interval=args.steps, progress=False, device="cpu")
+    cfg = TrainConfig(
+        arch="topk",
+        d_in=adapter.d_model,
+        width=8 * adapter.d_model,
+        k=8,
+        recipe="default",
+        batch_size=64,
+        total_tokens=64 * args.steps,
+        lr=4e-3,
+        out_dir=str(out / "sae"),
+        log_interval=max(1, args.steps // 4),
+        ckpt_interval=args.steps,
+        progress=False,
+        device="cpu",
+    )
     res = train(cfg, source)
     m = res.metrics
-    print(f"{label} Top-K SAE (c={cfg.width}, k={cfg.k}) trained for {res.step} steps on "
-          f"{res.tokens:,} tokens: FVU {m.get('fvu', float('nan')):.3f}, "
-          f"L0 {m.get('l0', float('nan')):.1f}, dead {m.get('dead', float('nan')):.1%}; "
-          f"saved in {out / 'sae'}")
+    print(
+        f"{label} Top-K SAE (c={cfg.width}, k={cfg.k}) trained for {res.step} steps on "
+        f"{res.tokens:,} tokens: FVU {m.get('fvu', float('nan')):.3f}, "
+        f"L0 {m.get('l0', float('nan')):.1f}, dead {m.get('dead', float('nan')):.1%}; "
+        f"saved in {out / 'sae'}"
+    )
 
 
 def _analyze(args, out, adapter, store, folder, label):

@@ -99,7 +99,9 @@ def load_model(name_or_path: str, *, dtype=None, device=None, **kwargs: Any) -> 
 
     Extra ``kwargs`` go to the adapter's loader (e.g. ``gguf_file="model.gguf"``).
     """
-    config_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
+    config_kwargs = {
+        k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs
+    }
     cls = adapter_class(architecture_of(name_or_path, **config_kwargs))
     logger.info("loading %s with %s", name_or_path, cls.__name__)
     return cls.from_pretrained(name_or_path, dtype=dtype, device=device, **kwargs)

@@ -73,7 +73,9 @@ def build_tokenizer(
         **init_kwargs,
     )
     if specials:
-        fast.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in roles]})
+        fast.add_special_tokens(
+            {"additional_special_tokens": [t for t in specials if t not in roles]}
+        )
     if chat_template is not None:
         fast.chat_template = chat_template
     return fast
