@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = build_tiny_model(args.family, out / "model")
     folder = make_folder(out / "photos")
     print(
-        f"[1/4] tiny {args.family} checkpoint: {model_dir}; {len(PHOTOS)} photos with captions: {folder}"
+        f"[1/5] tiny {args.family} checkpoint: {model_dir}; {len(PHOTOS)} photos with captions: {folder}"
     )
 
     adapter = load_model(str(model_dir), dtype="float32")
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         data_spec=str(folder),
         model_name=str(model_dir),
     )
-    print(f"[2/4] capture (final_norm = HF hidden_states[-1]): {result.summary()}")
+    print(f"[2/5] capture (final_norm = HF hidden_states[-1]): {result.summary()}")
     print(f"      store: {store}")
     stages = _later_stages()
     for label, fn in stages:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _later_stages():
     """Train / analyze / retrieve stages (each prints one summary line)."""
-    return [("[3/4]", _train), ("[4/4]", _analyze)]
+    return [("[3/5]", _train), ("[4/5]", _analyze), ("[5/5]", _retrieve)]
 
 
 def _train(args, out, adapter, store, folder, label):
@@ -133,6 +133,58 @@ def _train(args, out, adapter, store, folder, label):
 
 def _analyze(args, out, adapter, store, folder, label):
     from analysis import analyze_store
+    from analysis.pairs import pairs_from_capture
+    from saeprobe.data import open_source
 
-    report = analyze_store(sae=str(out / "sae"), activations=str(store), out=str(out / "report"))
-    print(f"{label} analysis report: {report.html}  features: {report.table}")
+    source = open_source(str(folder))
+    pairs = pairs_from_capture(store, source)
+
+    def lookup(index: int):
+        try:
+            return source.item(index)
+        except (IndexError, KeyError):
+            return None
+
+    files = analyze_store(
+        sae=str(out / "sae"),
+        activations=str(store),
+        out=str(out / "report"),
+        pairs=pairs,
+        items=lookup,
+        title=f"saeprobe demo: tiny {args.family}",
+    )
+    share = files.result.tag_share
+    print(
+        f"{label} analysis of {files.result.c} concepts over {pairs.n} image-caption pairs: "
+        f"energy share textual {100 * share['textual']:.1f}%, visual {100 * share['visual']:.1f}%"
+        f", bimodal {100 * share['bimodal']:.1f}%"
+    )
+    print(f"      report: {files.html}  features: {files.table}")
+
+
+def _retrieve(args, out, adapter, store, folder, label):
+    from PIL import Image
+
+    from saeprobe._types import Item
+    from saeprobe.data.mbeir import open_mbeir, write_task_folder
+    from saeprobe.retrieval import RetrievalConfig, evaluate, format_table, write_json
+
+    queries, corpus, qrels = [], [], {}
+    for name, captions in PHOTOS.items():
+        corpus.append(Item(name, None, Image.open(folder / f"{name}.png").convert("RGB")))
+        for j, caption in enumerate(captions):
+            qid = f"{name}#{j}"
+            queries.append(Item(qid, caption, None))
+            qrels[qid] = {name}
+    task_dir = write_task_folder(out / "mbeir_demo_task0", queries, corpus, qrels)
+    task = open_mbeir(task_dir)
+    cfg = RetrievalConfig(methods=["none", "realign", "zca"], batch_size=4, device="cpu")
+    res = evaluate(adapter, task, cfg, cache=out / "retrieval_cache")
+    path = write_json(res.to_dict(), out / "retrieval.json")
+    print(
+        f"{label} retrieval on an M-BEIR-format folder (task type {res.task}, text -> image: "
+        f"{res.n_queries} captions over {res.n_corpus} photos; random weights, so near chance):"
+    )
+    for line in format_table(res.results).splitlines():
+        print(f"      {line}")
+    print(f"      results: {path}")
