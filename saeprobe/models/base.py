@@ -154,8 +154,25 @@ class ModelAdapter:
         return self.d_model_of(self.towers[0])
 
     def d_model_of(self, tower: str | None = None) -> int:
-        """Width of the residual stream of a tower."""
-        raise NotImplementedError
+        """Width of the residual stream of a tower (default: the text config's hidden size)."""
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer (the processor's, or the processor itself when it is one)."""
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def image_processor(self) -> Any:
+        """The processor's image processor (None for text-only models)."""
+        return getattr(self.processor, "image_processor", None)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The processor's chat template, else the tokenizer's."""
+        return getattr(self.processor, "chat_template", None) or getattr(
+            self.tokenizer, "chat_template", None
+        )
 
     @property
     def device(self) -> torch.device:

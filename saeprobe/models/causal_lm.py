@@ -241,9 +241,6 @@ class CausalLMAdapter(ModelAdapter):
     def final_norm(self, tower: str | None = None) -> nn.Module:
         return self.model.model.norm
 
-    def d_model_of(self, tower: str | None = None) -> int:
-        return int(self.model.config.hidden_size)
-
     # ----- running -------------------------------------------------------------------
     def forward(self, batch: EncodedBatch, **kwargs) -> Any:
         """Run ``model.model`` (no LM head); exceptions raised by hooks propagate."""

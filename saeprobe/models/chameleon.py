@@ -90,6 +90,3 @@ class ChameleonAdapter(ProcessorMLLMAdapter):
 
     def _language_model(self) -> nn.Module:
         return self.model.model
-
-    def d_model_of(self, tower: str | None = None) -> int:
-        return int(self.model.config.hidden_size)

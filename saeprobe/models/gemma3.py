@@ -63,18 +63,6 @@ class Gemma3Adapter(ModelAdapter):
 
         return Gemma3ForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype, **kwargs)
 
-    @property
-    def tokenizer(self) -> Any:
-        return getattr(self.processor, "tokenizer", self.processor)
-
-    @property
-    def image_processor(self) -> Any:
-        return self.processor.image_processor
-
-    @property
-    def chat_template(self) -> str | None:
-        return getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template
-
     # ----- structure -----------------------------------------------------------------
     @property
     def language_model(self) -> nn.Module:
@@ -85,9 +73,6 @@ class Gemma3Adapter(ModelAdapter):
 
     def final_norm(self, tower: str | None = None) -> nn.Module:
         return self.language_model.norm
-
-    def d_model_of(self, tower: str | None = None) -> int:
-        return int(self.model.config.text_config.hidden_size)
 
     # ----- inputs --------------------------------------------------------------------
     @property

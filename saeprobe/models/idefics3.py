@@ -155,18 +155,6 @@ class Idefics3Adapter(ModelAdapter):
             template = template.get("default") or next(iter(template.values()))
         return Idefics3Parts(tokenizer=tok, image_processor=ip, chat_template=template)
 
-    @property
-    def tokenizer(self) -> Any:
-        return getattr(self.processor, "tokenizer", self.processor)
-
-    @property
-    def image_processor(self) -> Any:
-        return self.processor.image_processor
-
-    @property
-    def chat_template(self) -> str | None:
-        return getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template
-
     # ----- structure -----------------------------------------------------------------
     @property
     def text_model(self) -> nn.Module:
@@ -177,9 +165,6 @@ class Idefics3Adapter(ModelAdapter):
 
     def final_norm(self, tower: str | None = None) -> nn.Module:
         return self.text_model.norm
-
-    def d_model_of(self, tower: str | None = None) -> int:
-        return int(self.model.config.text_config.hidden_size)
 
     # ----- inputs --------------------------------------------------------------------
     def image_prompt(self, rows: int, cols: int) -> str:

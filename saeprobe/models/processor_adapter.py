@@ -207,9 +207,6 @@ class ProcessorMLLMAdapter(ModelAdapter):
     def final_norm(self, tower: str | None = None) -> nn.Module | None:
         return self._language_model().norm
 
-    def d_model_of(self, tower: str | None = None) -> int:
-        return int(self.model.config.get_text_config().hidden_size)
-
     # ----- running -------------------------------------------------------------------
     def forward(self, batch: EncodedBatch, **kwargs) -> Any:
         """Run the base model (no LM head) on ``batch``; ``kwargs`` go to HF forward."""

@@ -273,9 +273,6 @@ class QwenVLAdapter(ModelAdapter):
     def final_norm(self, tower: str | None = None) -> nn.Module:
         return self.language_model.norm
 
-    def d_model_of(self, tower: str | None = None) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
     # ----- running -------------------------------------------------------------------
     def forward(self, batch: EncodedBatch, **kwargs) -> Any:
         """Run ``model.model`` (no LM head); exceptions raised by hooks propagate."""
