@@ -92,20 +92,28 @@ class Timing:
         return f"{self.wall:8.3f} s wall  {self.cpu:8.3f} s cpu"
 
 
-def timed(fn, device, repeat: int = 1):
-    best, result = Timing(float("inf"), float("inf")), None
+def _run(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    c0, t0 = time.process_time(), time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return Timing(time.perf_counter() - t0, time.process_time() - c0), result
+
+
+def timed_rounds(fns: dict, device, repeat: int = 1) -> tuple[dict, dict]:
+    """Best timing of each entry over ``repeat`` rounds; one run of every entry per round
+    (round-robin, so load changes on a shared machine hit all entries alike)."""
+    best = {k: Timing(float("inf"), float("inf")) for k in fns}
+    results: dict = {}
     for _ in range(repeat):
-        result = None
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        c0, t0 = time.process_time(), time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        if wall < best.wall:
-            best = Timing(wall, cpu)
-    return best, result
+        for name, fn in fns.items():
+            results[name] = None
+            t, results[name] = _run(fn, device)
+            if t.wall < best[name].wall:
+                best[name] = t
+    return best, results
 
 
 def float64_realign_rows(X: torch.Tensor, rows: int, alpha: float = 0.1) -> torch.Tensor:
@@ -145,7 +153,7 @@ def main() -> None:
     p.add_argument("--d", type=int, default=None, help="dims (default 1024 CPU, 4096 CUDA)")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (CUDA default)")
     p.add_argument(
-        "--repeat", type=int, default=None, help="best of R runs (default 1 CPU, 3 CUDA)"
+        "--repeat", type=int, default=None, help="best of R round-robin rounds (default 3)"
     )
     p.add_argument("--chunk-size", type=int, default=16384, help="saeprobe chunk rows")
     p.add_argument("--topk-queries", type=int, default=None, help="default 1,000 CPU / 10,000 CUDA")
@@ -164,7 +172,7 @@ def main() -> None:
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
         args.dtype or ("float16" if cuda else "float32")
     ]
-    repeat = args.repeat or (3 if cuda else 1)
+    repeat = args.repeat or 3
     print(
         f"device={device} ({torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'}) "
         f"torch={torch.__version__} X={n}x{d} {str(dtype).replace('torch.', '')}"
@@ -177,9 +185,6 @@ def main() -> None:
     # warm-up (allocator, BLAS threads, cuSOLVER handles) on a small slice
     realign(X[:4096], chunk_size=args.chunk_size)
     reference_realign(X[:4096])
-
-    t_ref, ref = timed(lambda: reference_realign(X), device, repeat)
-    t_ours, ours = timed(lambda: realign(X, chunk_size=args.chunk_size), device, repeat)
 
     # floor: the two matrix products (covariance, apply) as plain torch calls
     xf = X if dtype == torch.float32 or cuda else X.float()
@@ -196,8 +201,19 @@ def main() -> None:
         def cov_mm():
             return xf.T @ xf
 
-    t_cov, _ = timed(cov_mm, device, repeat)
-    t_apply, _ = timed(lambda: xf @ w, device, repeat)
+    t, res = timed_rounds(
+        {
+            "reference": lambda: reference_realign(X),
+            "saeprobe": lambda: realign(X, chunk_size=args.chunk_size),
+            "cov": cov_mm,
+            "apply": lambda: xf @ w,
+        },
+        device,
+        repeat,
+    )
+    t_ref, t_ours, t_cov, t_apply = t["reference"], t["saeprobe"], t["cov"], t["apply"]
+    ref, ours = res["reference"], res["saeprobe"]
+    del res
     floor = Timing(t_cov.wall + t_apply.wall, t_cov.cpu + t_apply.cpu)
 
     diff = (ours.float() - ref).abs().max().item()
@@ -239,7 +255,7 @@ def main() -> None:
     cand = ours[:nc] if nc <= n else make_embeddings(nc, d, device, ours.dtype, seed=1)
     q = cand[:nq]
     topk_search(q[:16], cand[:4096], 10, device=device)  # warm-up
-    t_top, res = timed(lambda: topk_search(q, cand, 10, device=device), device, 1)
+    t_top, res = _run(lambda: topk_search(q, cand, 10, device=device), device)
     print(
         f"top-10 of {nq:,} queries over {nc:,} candidates ({str(cand.dtype).replace('torch.', '')}): "
         f"{t_top} ({nq / t_top.wall:,.0f} queries/s)"

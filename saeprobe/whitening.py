@@ -142,7 +142,8 @@ class WhitenerConfig:
 # ------------------------------------------------------------------ statistics
 def _gram(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``x^T x`` with float32 accumulation, computed on the upper block
-    triangle only (symmetric: ~25% fewer flops than a full product).
+    triangle only (row panels of up to 8 blocks, mirrored: ~35-45% fewer flops
+    than a full product for D >= 1024).
 
     Parameters
     ----------
@@ -164,16 +165,17 @@ def _gram(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
             xf = x.float()
             out.addmm_(xf.T, xf)
         return out
-    if d < 512:
+    nb = min(8, d // 256)
+    if nb < 2:
         return out.addmm_(x.T, x)
-    h = d // 2
-    a, b = x[:, :h], x[:, h:]
-    out[:h, :h].addmm_(a.T, a)
-    out[h:, h:].addmm_(b.T, b)
-    ab = a.T @ b
-    out[:h, h:] += ab
-    out[h:, :h] += ab.T
-    return out
+    cuts = [d * i // nb for i in range(nb + 1)]
+    g = torch.zeros(d, d, dtype=torch.float32, device=x.device)
+    for lo, hi in zip(cuts[:-1], cuts[1:]):  # block row i: columns from block i on
+        a = x[:, lo:hi]
+        g[lo:hi, lo:].addmm_(a.T, x[:, lo:])
+    for lo, hi in zip(cuts[:-1], cuts[1:]):  # mirror the strict upper blocks
+        g[hi:, lo:hi] = g[lo:hi, hi:].T
+    return out.add_(g)
 
 
 class CovarianceAccumulator:

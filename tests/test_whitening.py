@@ -304,3 +304,18 @@ def test_cuda_matches_cpu():
     # streaming on CUDA equals in-memory
     s = Whitener("realign", device="cuda").fit(X[i : i + 700] for i in range(0, 3000, 700))
     torch.testing.assert_close(s.transform(X).cpu(), cpu, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("d", [100, 511, 512, 1000, 1024, 2100])
+def test_block_triangle_gram_equals_full_product(d):
+    from saeprobe.whitening import _gram
+
+    torch.manual_seed(d)
+    x = torch.randn(300, d)
+    ref = x.double().T @ x.double()
+    got = _gram(x)
+    assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-3)
+    assert torch.equal(got, got.T)
+    acc = torch.eye(d)
+    _gram(x, acc)  # accumulates
+    assert torch.allclose(acc.double(), ref + torch.eye(d, dtype=torch.float64), atol=1e-3)
