@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .codes import Codes, check_codes, concept_dot_sums, concept_dots, decode
+from .codes import Codes, check_codes, concept_dots, decode, paired_decode_dots
 
 logger = logging.getLogger(__name__)
 
@@ -181,15 +181,20 @@ def retrieval_attribution(
         a, b = qi[s : s + chunk_size], ci[s : s + chunk_size]
         vq, iq = q.values[a].float(), q.indices[a]
         vc, ic = k.values[b].float(), k.indices[b]
-        hq, hc = decode(vq, iq, D), decode(vc, ic, D)
+        if iq.shape[1] and ic.shape[1]:
+            hq, hc, dq, dc = paired_decode_dots(vq, iq, vc, ic, D)
+        else:
+            hq, hc = decode(vq, iq, D), decode(vc, ic, D)
+            dq, dc = torch.zeros_like(vq), torch.zeros_like(vc)
         if normalize:
             nq = (x_q[a].float() if x_q is not None else hq).norm(dim=1)
             nc = (x_c[b].float() if x_c is not None else hc).norm(dim=1)
             w = 1.0 / (nq * nc).clamp_min(1e-12)
         else:
             w = torch.ones(a.shape[0])
-        concept_dot_sums(vq * w[:, None], iq, hc, D, A)
-        concept_dot_sums(vc * w[:, None], ic, hq, D, A)
+        # A_i += w_p z_{q,i} <d_i, hc_p> (and the candidate side alike)
+        A.index_add_(0, iq.reshape(-1).long(), (vq * dq * w[:, None]).reshape(-1).double())
+        A.index_add_(0, ic.reshape(-1).long(), (vc * dc * w[:, None]).reshape(-1).double())
         rec += float(((hq * hc).sum(1) * w).double().sum())
         if x_q is not None and x_c is not None:
             sim += float(((x_q[a].float() * x_c[b].float()).sum(1) * w).double().sum())

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from .codes import Codes, check_codes, concept_dot_sums, decode, transposed_csr
+from .codes import Codes, check_codes, paired_decode_dots, transposed_csr
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,12 @@ def bridge_scores(
     for s in range(0, P, chunk_size):
         vi, ii = img.values[s : s + chunk_size].float(), img.indices[s : s + chunk_size]
         vt, it = txt.values[s : s + chunk_size].float(), txt.indices[s : s + chunk_size]
-        xi, xt = decode(vi, ii, D), decode(vt, it, D)
-        concept_dot_sums(vi, ii, xt, D, row)
-        concept_dot_sums(vt, it, xi, D, col)
+        if ii.shape[1] == 0 or it.shape[1] == 0:
+            continue
+        # row_i += z_img[p, i] <d_i, x_txt[p]>, col_j += z_txt[p, j] <d_j, x_img[p]>
+        _, _, di, dt = paired_decode_dots(vi, ii, vt, it, D)
+        row.index_add_(0, ii.reshape(-1).long(), (vi * di).reshape(-1).double())
+        col.index_add_(0, it.reshape(-1).long(), (vt * dt).reshape(-1).double())
     row /= P
     col /= P
     m = min(n_candidates, c)

@@ -90,6 +90,32 @@ def concept_dots(
     return torch.einsum("nkd,nd->nk", rows, vectors.to(dictionary.dtype))
 
 
+def paired_decode_dots(
+    values_a: torch.Tensor,
+    indices_a: torch.Tensor,
+    values_b: torch.Tensor,
+    indices_b: torch.Tensor,
+    dictionary: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode two aligned code sets and the cross dots of each entry with the other side.
+
+    Returns ``(h_a [N, d], h_b [N, d], dots_a [N, k_a], dots_b [N, k_b])`` with
+    ``dots_a[p, j] = <D[indices_a[p, j]], h_b[p]>`` (and symmetrically). The dots are the
+    gradient of ``embedding_bag`` with respect to its per-sample weights, so no gathered
+    ``[N, k, d]`` tensor and no ``D D^T`` is formed; :func:`concept_dots` is the plain version.
+    """
+    D = dictionary.detach()
+    a = values_a.detach().to(D.dtype).requires_grad_(True)
+    b = values_b.detach().to(D.dtype).requires_grad_(True)
+    with torch.enable_grad():
+        h_a = F.embedding_bag(indices_a.long(), D, per_sample_weights=a, mode="sum")
+        h_b = F.embedding_bag(indices_b.long(), D, per_sample_weights=b, mode="sum")
+        dots_a, dots_b = torch.autograd.grad(
+            (h_a, h_b), (a, b), grad_outputs=(h_b.detach(), h_a.detach())
+        )
+    return h_a.detach(), h_b.detach(), dots_a, dots_b
+
+
 def transposed_csr(values: torch.Tensor, indices: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Sparse CSR ``[n_rows, N]`` holding ``values[p, j]`` at ``(indices[p, j], p)`` (Z^T)."""
     N, k = values.shape
@@ -103,44 +129,6 @@ def transposed_csr(values: torch.Tensor, indices: torch.Tensor, n_rows: int) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, val, (n_rows, N))
-
-
-def concept_dot_sums(
-    values: torch.Tensor,
-    indices: torch.Tensor,
-    vectors: torch.Tensor,
-    dictionary: torch.Tensor,
-    out: torch.Tensor,
-) -> torch.Tensor:
-    """``out[i] += sum_{p, j: indices[p, j] = i} values[p, j] <d_i, vectors[p]>`` in place.
-
-    Computed as ``Y = Z^T vectors`` (sparse CSR matmul over the touched concepts only) and
-    ``<d_i, Y_i>``: no gathered ``[N, k, d]`` tensor, no ``D D^T``; memory
-    ``O(touched concepts x d)``.
-    """
-    if values.numel() == 0:
-        return out
-    D = dictionary
-    c = D.shape[0]
-    touched = torch.zeros(c, dtype=torch.bool)
-    touched[indices.reshape(-1)] = True
-    u = torch.nonzero(touched).reshape(-1)
-    if 2 * u.shape[0] > c:  # most concepts touched: skip the compaction (no D[u] copy)
-        inv, Du = indices.long(), D
-    else:
-        lut = torch.empty(c, dtype=torch.long)
-        lut[u] = torch.arange(u.shape[0])
-        inv, Du = lut[indices], D[u]
-    Zt = transposed_csr(values.to(D.dtype), inv, Du.shape[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        Y = Zt @ vectors.to(D.dtype).contiguous()
-    dots = torch.bmm(Y.unsqueeze(1), Du.unsqueeze(2)).reshape(-1).to(out.dtype)
-    if Du is D:
-        out += dots
-    else:
-        out.index_add_(0, u, dots)
-    return out
 
 
 def sae_dictionary(sae: Any) -> torch.Tensor:

@@ -300,3 +300,24 @@ def test_ablation_sweep_query_subset():
     c = ablate(xc, (v, i), D, [2])
     ref = recall_at_k(topk_search(q, c, 1).indices, [{int(r)} for r in rows], (1,))
     assert sw.recall[1][1] == pytest.approx(ref[1])
+
+
+def test_paired_decode_dots_equals_gathered_float64():
+    from analysis.codes import concept_dots, decode, paired_decode_dots
+
+    torch.manual_seed(3)
+    c, d, n, ka, kb = 40, 12, 9, 4, 3
+    D = torch.nn.functional.normalize(torch.randn(c, d), dim=1)
+    va, ia = torch.rand(n, ka), torch.randint(0, c, (n, ka))
+    vb, ib = torch.rand(n, kb), torch.randint(0, c, (n, kb))
+    ha, hb, da, db = paired_decode_dots(va, ia, vb, ib, D)
+    D64 = D.double()
+    ref_a = (va.double()[:, :, None] * D64[ia]).sum(1)
+    ref_b = (vb.double()[:, :, None] * D64[ib]).sum(1)
+    assert torch.allclose(ha.double(), ref_a, atol=1e-6)
+    assert torch.allclose(hb.double(), ref_b, atol=1e-6)
+    assert torch.allclose(ha, decode(va, ia, D), atol=1e-6)
+    assert torch.allclose(da.double(), torch.einsum("nkd,nd->nk", D64[ia], ref_b), atol=1e-5)
+    assert torch.allclose(db.double(), torch.einsum("nkd,nd->nk", D64[ib], ref_a), atol=1e-5)
+    assert torch.allclose(da, concept_dots(ia, D, hb), atol=1e-5)
+    assert not va.requires_grad and not da.requires_grad
