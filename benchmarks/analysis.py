@@ -90,6 +90,12 @@ def main() -> None:
 
     rows = Rows()
 
+    # warm-up: the autograd engine's first call (used by the sparse dot kernel) costs ~0.5 s once
+    from analysis.codes import paired_decode_dots
+
+    wv, wi = random_codes(8, c, k, g)
+    paired_decode_dots(wv, wi, wv, wi, D)
+
     # ---- statistics
     batches = []
     for s in range(0, a.tokens, a.batch):
