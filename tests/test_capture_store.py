@@ -150,6 +150,13 @@ def test_kill_and_resume_equals_uninterrupted(model_dir, tmp_path):
         assert torch.equal(pa[k], pb[k])
 
 
+def _capture_cli(model_dir, folder, out, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m saeprobe capture`` in a subprocess (as a user would)."""
+    cmd = [sys.executable, "-m", "saeprobe", "capture", "--model", str(model_dir)]
+    cmd += ["--data", str(folder), "--out", str(out), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
 def test_cli_capture_summary(model_dir, tmp_path):
     from PIL import Image
 
@@ -165,51 +172,14 @@ def test_cli_capture_summary(model_dir, tmp_path):
         "chelsea.png,A cat looking to the side.\n"
     )
     out = tmp_path / "store"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "saeprobe",
-            "capture",
-            "--model",
-            str(model_dir),
-            "--data",
-            str(folder),
-            "--layers",
-            "final_norm",
-            "--out",
-            str(out),
-            "--dtype",
-            "float32",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    proc = _capture_cli(
+        model_dir, folder, out, "--layers", "final_norm", "--dtype", "float32", "--no-progress"
     )
     assert proc.returncode == 0, proc.stderr
     assert "tokens/s" in proc.stdout and "image=" in proc.stdout
     store = ActivationStore(out)
     assert store.n_tokens > 0 and store.modality_counts["image"] > 0
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "saeprobe",
-            "capture",
-            "--model",
-            str(model_dir),
-            "--data",
-            str(folder),
-            "--layers",
-            "42",
-            "--out",
-            str(tmp_path / "bad"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = _capture_cli(model_dir, folder, tmp_path / "bad", "--layers", "42")
     assert bad.returncode == 2
     last = bad.stderr.strip().splitlines()[-1]
     assert last.startswith("saeprobe capture: error:") and "out of range" in last
