@@ -58,9 +58,16 @@ def image_to_png_b64(image: Any, size: int = 96) -> str:
 ItemLookup = Sequence[Item] | Mapping[int, Item] | Callable[[int], Item | None] | None
 
 
-def _lookup(items: ItemLookup, sample_id: int) -> Item | None:
+def _lookup(items: ItemLookup | Any, sample_id: int) -> Item | None:
+    """The item of a store sample id from a list, a dict, a callable or a data source
+    (anything with ``.item(index)``, e.g. :func:`saeprobe.data.open_source`)."""
     if items is None:
         return None
+    if hasattr(items, "item") and not isinstance(items, (Sequence, Mapping)):
+        try:
+            return items.item(sample_id)
+        except (IndexError, KeyError):
+            return None
     if callable(items) and not isinstance(items, (Sequence, Mapping)):
         return items(sample_id)
     if isinstance(items, Mapping):

@@ -141,14 +141,7 @@ def _items(spec: str | None, source=None):
         from saeprobe.data import open_source
 
         source = open_source(spec)
-
-    def lookup(index: int):
-        try:
-            return source.item(index)
-        except (IndexError, KeyError):
-            return None
-
-    return lookup
+    return source  # resolved by sample id through source.item(index)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -138,19 +138,12 @@ def _analyze(args, out, adapter, store, folder, label):
 
     source = open_source(str(folder))
     pairs = pairs_from_capture(store, source)
-
-    def lookup(index: int):
-        try:
-            return source.item(index)
-        except (IndexError, KeyError):
-            return None
-
     files = analyze_store(
         sae=str(out / "sae"),
         activations=str(store),
         out=str(out / "report"),
         pairs=pairs,
-        items=lookup,
+        items=source,
         title=f"saeprobe demo: tiny {args.family}",
     )
     share = files.result.tag_share
