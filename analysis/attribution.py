@@ -181,11 +181,7 @@ def retrieval_attribution(
         a, b = qi[s : s + chunk_size], ci[s : s + chunk_size]
         vq, iq = q.values[a].float(), q.indices[a]
         vc, ic = k.values[b].float(), k.indices[b]
-        if iq.shape[1] and ic.shape[1]:
-            hq, hc, dq, dc = paired_decode_dots(vq, iq, vc, ic, D)
-        else:
-            hq, hc = decode(vq, iq, D), decode(vc, ic, D)
-            dq, dc = torch.zeros_like(vq), torch.zeros_like(vc)
+        hq, hc, dq, dc = paired_decode_dots(vq, iq, vc, ic, D)
         if normalize:
             nq = (x_q[a].float() if x_q is not None else hq).norm(dim=1)
             nc = (x_c[b].float() if x_c is not None else hc).norm(dim=1)

@@ -106,8 +106,6 @@ def bridge_scores(
     for s in range(0, P, chunk_size):
         vi, ii = img.values[s : s + chunk_size].float(), img.indices[s : s + chunk_size]
         vt, it = txt.values[s : s + chunk_size].float(), txt.indices[s : s + chunk_size]
-        if ii.shape[1] == 0 or it.shape[1] == 0:
-            continue
         # row_i += z_img[p, i] <d_i, x_txt[p]>, col_j += z_txt[p, j] <d_j, x_img[p]>
         _, _, di, dt = paired_decode_dots(vi, ii, vt, it, D)
         row.index_add_(0, ii.reshape(-1).long(), (vi * di).reshape(-1).double())

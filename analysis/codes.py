@@ -105,6 +105,14 @@ def paired_decode_dots(
     ``[N, k, d]`` tensor and no ``D D^T`` is formed; :func:`concept_dots` is the plain version.
     """
     D = dictionary.detach()
+    if indices_a.shape[1] == 0 or indices_b.shape[1] == 0:  # an empty side: no entries to dot
+        h_a, h_b = decode(values_a, indices_a, D), decode(values_b, indices_b, D)
+        return (
+            h_a,
+            h_b,
+            torch.zeros_like(values_a, dtype=D.dtype),
+            torch.zeros_like(values_b, dtype=D.dtype),
+        )
     a = values_a.detach().to(D.dtype).requires_grad_(True)
     b = values_b.detach().to(D.dtype).requires_grad_(True)
     with torch.enable_grad():

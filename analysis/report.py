@@ -269,8 +269,8 @@ def analyze_store(
 
     ``sae``: an SAE or a path for :func:`saeprobe.sae.load_sae`; ``activations``: an
     :class:`saeprobe.store.ActivationStore` or its folder; ``pairs``: :class:`~analysis.Pairs`
-    or a pairs file; ``items``: list / dict / callable / data source resolving store sample ids to items;
-    ``meta``: extra rows for the report summary.
+    or a pairs file; ``items``: list / dict / callable / data source resolving store sample
+    ids to items; ``meta``: extra rows for the report summary.
     """
     from .pairs import Pairs, load_pairs
     from .pipeline import AnalysisConfig, analyze, write_features, write_summary
