@@ -14,6 +14,9 @@ import pytest
 import torch
 
 import saeprobe.store as store_mod
+import saeprobe.store.manifest as manifest_mod
+import saeprobe.store.writer as writer_mod
+from saeprobe.atomic import atomic_write
 from saeprobe import Modality
 from saeprobe.store import (
     ActivationBatch,
@@ -156,19 +159,19 @@ def _killable_writer(path, mode, ready):
 
     torch.set_num_threads(1)  # no OpenMP regions in a forked child
     if mode == "mid_write":
-        real = store_mod._save_safetensors
+        real = writer_mod._write_file
         count = [0]
 
-        def slow(tensors, meta, p):
+        def slow(p, data):
             count[0] += 1
-            real(tensors, meta, p)
+            real(p, data)
             if count[0] == 3:  # the temp file of shard 3 exists, not yet renamed
                 ready.set()
                 time.sleep(60)
 
-        store_mod._save_safetensors = slow
+        writer_mod._write_file = slow
     if mode == "after_replace":
-        real_json = store_mod._write_json
+        real_json = writer_mod.write_manifest
         calls = [0]
 
         def slow_json(p, obj):
@@ -178,7 +181,7 @@ def _killable_writer(path, mode, ready):
                 time.sleep(60)
             real_json(p, obj)
 
-        store_mod._write_json = slow_json
+        writer_mod.write_manifest = slow_json
     w = ActivationStoreWriter(
         path, d=D, dtype="bf16", fingerprint="fp0", shard_tokens=SHARD_TOKENS,
         metadata={"model": "tiny", "hook_point": "final_norm"},
@@ -281,26 +284,51 @@ def test_add_validates_order_and_shapes(tmp_path):
 def test_corrupt_shard(tmp_path):
     path = tmp_path / "s"
     write_store(path)
+    write_store(tmp_path / "ref")
     st = ActivationStore(path)
     victim = path / st.shards[2]["file"]
-    victim.write_bytes(victim.read_bytes()[:-10])
+    good = victim.read_bytes()
+    victim.write_bytes(good[:-10])
     with pytest.raises(CorruptShardError, match=victim.name) as ei:
         st.read_all()
-    assert "delete it" in str(ei.value)
+    assert "delete it" in str(ei.value) and "\n" not in str(ei.value)
     with pytest.raises(CorruptShardError, match=victim.name):
         list(st.batches(16, shuffle=False))
-    # garbage with the right size is caught by safetensors
+    # garbage with the right size: the content checksum catches it before parsing
     victim.write_bytes(b"\xff" * st.shards[2]["bytes"])
-    with pytest.raises(CorruptShardError, match="cannot be read"):
+    with pytest.raises(CorruptShardError, match="checksum"):
         st.read_shard(2)
-    # delete it and resume: the writer re-creates it identically
-    write_store(tmp_path / "ref")
-    victim.unlink()
+    # one flipped byte inside `acts` or `sample_id`: caught too (reading with verify=False
+    # would return the altered values)
+    for offset in (len(good) - 3, len(good) // 2):
+        flipped = bytearray(good)
+        flipped[offset] ^= 0x01
+        victim.write_bytes(bytes(flipped))
+        with pytest.raises(CorruptShardError, match="checksum"):
+            st.read_shard(2)
+        assert ActivationStore(path, verify=False).read_shard(2) is not None
+    # resume re-creates exactly the damaged shard (the others are not rewritten)
+    others = {p.name: p.stat().st_mtime_ns for p in path.glob("shard-*") if p != victim}
     w = ActivationStoreWriter(path, d=D, dtype="fp32", fingerprint="fp0", shard_tokens=SHARD_TOKENS)
-    assert w.next_sample == st.shards[2]["sample_start"] and not w.finished
-    add_samples(w, range(w.next_sample, N_SAMPLES))
+    assert [s["file"] for s in w.damaged] == [victim.name] and not w.finished
+    assert w.next_sample == N_SAMPLES
+    lo, hi = st.shards[2]["sample_start"], st.shards[2]["sample_end"]
+    assert [i for i in range(N_SAMPLES) if w.needs(i)] == list(range(lo, hi))
+    add_samples(w, range(0, N_SAMPLES))  # a full replay: only the damaged range is kept
     w.close()
     assert shard_bytes(path) == shard_bytes(tmp_path / "ref")
+    assert manifest_wo_times(path) == manifest_wo_times(tmp_path / "ref")
+    assert {p.name: p.stat().st_mtime_ns for p in path.glob("shard-*") if p != victim} == others
+
+
+def test_unrepaired_damage_is_an_error(tmp_path):
+    path = tmp_path / "s"
+    write_store(path)
+    victim = path / ActivationStore(path).shards[1]["file"]
+    victim.unlink()
+    w = ActivationStoreWriter(path, d=D, dtype="fp32", fingerprint="fp0", shard_tokens=SHARD_TOKENS)
+    with pytest.raises(StoreError, match=f"damaged shards {victim.name} were not re-created"):
+        w.close()
 
 
 def test_disk_full_keeps_store_intact(tmp_path, monkeypatch):
@@ -311,15 +339,17 @@ def test_disk_full_keeps_store_intact(tmp_path, monkeypatch):
     before_manifest = (path / "manifest.json").read_bytes()
     before_shards = shard_bytes(path)
 
-    def full(tensors, meta, p):
+    def full(p, data):
         with open(p, "wb") as f:
             f.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store_mod, "_save_safetensors", full)
+    monkeypatch.setattr(writer_mod, "_write_file", full)
     with pytest.raises(OSError, match="no space left") as ei:
         add_samples(w, range(15, N_SAMPLES))
-    assert ei.value.errno == errno.ENOSPC and "resume" in str(ei.value)
+    msg = str(ei.value)
+    assert ei.value.errno == errno.ENOSPC and "rerun" in msg and "shard-r000" in msg
+    assert "MiB free" in msg and "needs about" in msg and "\n" not in msg
     assert (path / "manifest.json").read_bytes() == before_manifest
     assert shard_bytes(path) == before_shards
     assert not any(".tmp" in f.name for f in path.iterdir())
@@ -327,9 +357,13 @@ def test_disk_full_keeps_store_intact(tmp_path, monkeypatch):
         add_samples(w, [39])
     # the manifest write fails too: the old manifest stays
     monkeypatch.undo()
-    monkeypatch.setattr(
-        store_mod, "_write_text", lambda p, t: (_ for _ in ()).throw(OSError(errno.ENOSPC, "x"))
-    )
+    def no_space(path, text, what="file"):
+        def fail(tmp):
+            raise OSError(errno.ENOSPC, "x")
+
+        return atomic_write(path, fail, what=what)
+
+    monkeypatch.setattr(manifest_mod, "atomic_write_text", no_space)
     w2 = ActivationStoreWriter(
         path, d=D, dtype="fp32", fingerprint="fp0", shard_tokens=SHARD_TOKENS
     )

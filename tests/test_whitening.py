@@ -308,7 +308,7 @@ def test_cuda_matches_cpu():
 
 @pytest.mark.parametrize("d", [100, 511, 512, 1000, 1024, 2100])
 def test_block_triangle_gram_equals_full_product(d):
-    from saeprobe.whitening import _gram
+    from saeprobe.whitening import gram as _gram
 
     torch.manual_seed(d)
     x = torch.randn(300, d)
