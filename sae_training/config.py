@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ARCHS = ("topk", "batchtopk", "jumprelu", "standard")
+from saeprobe.atomic import atomic_write_text
+from saeprobe.sae import available_archs
+
 AUTOCAST = ("auto", "bf16", "none")
 
 
@@ -99,8 +100,10 @@ class TrainConfig:
     # ----- checks --------------------------------------------------------------------
     def validate(self, partial: bool = False) -> None:
         """Raise ``ValueError`` naming the bad field; ``partial`` allows unfilled ``None``s."""
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; use one of {', '.join(ARCHS)}")
+        if self.arch not in available_archs():
+            raise ValueError(
+                f"unknown arch {self.arch!r}; use one of {', '.join(available_archs())}"
+            )
         if self.autocast not in AUTOCAST:
             raise ValueError(
                 f"unknown autocast {self.autocast!r}; use one of {', '.join(AUTOCAST)}"
@@ -145,7 +148,7 @@ class TrainConfig:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            atomic_write_text(Path(path), text)
+            atomic_write_text(Path(path), text, what="training config")
         return text
 
     @classmethod
@@ -164,19 +167,3 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -221,7 +221,7 @@ class MetricsLogger:
         """Drop logged records past ``step`` (a resumed run redoes those steps)."""
         if not self.enabled or self.path is None or not self.path.exists():
             return
-        from .config import atomic_write_text
+        from saeprobe.atomic import atomic_write_text
 
         keep = []
         for line in self.path.read_text().splitlines():

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from saeprobe.atomic import atomic_write_text
+
 from .checkpoint import (
     clean_temp_files,
     get_rng_state,
@@ -34,7 +36,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig, atomic_write_text
+from .config import TrainConfig
 from .metrics import DeadLatentTracker, MetricsLogger, ReconstructionStats, fired_mask
 from .recipes import apply_recipe, resolve_decay_steps, resolve_k_aux
 from .sources import ActivationSource, as_source
@@ -186,13 +188,13 @@ def build_sae(cfg: TrainConfig, d_in: int) -> Any:
     transpose when ``cfg.init_encoder_from_decoder`` (default recipe), else an independent
     ``nn.Linear``-style init (the paper's code).
     """
-    from saeprobe.sae.config import SAEConfig
+    from saeprobe.sae import SAE_REGISTRY, SAEConfig
 
     kwargs: dict[str, Any] = {
         "arch": cfg.arch,
         "d_in": d_in,
         "d_sae": cfg.width,
-        "k": cfg.k if cfg.arch in ("topk", "batchtopk") else None,
+        "k": cfg.k if SAE_REGISTRY[cfg.arch].k_required else None,
         "use_decoder_bias": bool(cfg.decoder_bias),
         "use_pre_encoder_bias": bool(cfg.decoder_bias),
         "l1_coeff": float(cfg.l1_coeff or 0.0),
@@ -204,7 +206,7 @@ def build_sae(cfg: TrainConfig, d_in: int) -> Any:
         if cfg.init_encoder_from_decoder:
             # dense-code archs start sparse: a full-size tied encoder makes half the
             # latents fire at init (reconstructions ~ sqrt(c) too large)
-            scale = 1.0 if cfg.arch in ("topk", "batchtopk") else 0.1
+            scale = 1.0 if SAE_REGISTRY[cfg.arch].k_required else 0.1
             sae.W_enc.copy_(sae.W_dec * scale)
         else:
             torch.nn.init.kaiming_uniform_(sae.W_enc, a=math.sqrt(5))

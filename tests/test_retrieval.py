@@ -10,16 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from saeprobe.ranking import recall_at_k, topk_search
+from saeprobe.atomic import atomic_save_safetensors
+from saeprobe.distributed import shard_indices
 from saeprobe.retrieval import (
     EmbeddingCache,
     RetrievalConfig,
-    _gather_parts,
-    _shard,
     format_table,
     score_methods,
     validate_embeddings,
     write_json,
 )
+from saeprobe.retrieval.embedding import _gather_parts
 from saeprobe.sweeps import sweep_figure
 from saeprobe.whitening import whiten_pair
 
@@ -99,15 +100,13 @@ def test_embedding_cache_roundtrip(tmp_path):
 
 
 def test_rank_shards_gather_in_order(tmp_path):
-    from saeprobe.retrieval import _atomic_save
-
     n, world = 11, 3
-    shards = [_shard(n, r, world) for r in range(world)]
+    shards = [(r.start, r.stop) for r in (shard_indices(n, i, world) for i in range(world))]
     assert shards == [(0, 4), (4, 8), (8, 11)]
     full = torch.arange(n * 2, dtype=torch.float32).view(n, 2)
     for r, (a, b) in enumerate(shards):
-        _atomic_save(
-            {"embeddings": full[a:b]}, tmp_path / f"query-k.part{r}of{world}.safetensors", {}
+        atomic_save_safetensors(
+            tmp_path / f"query-k.part{r}of{world}.safetensors", {"embeddings": full[a:b]}
         )
     torch.testing.assert_close(_gather_parts(tmp_path, "query", "k", world), full)
     assert not list(tmp_path.glob("*.part*"))  # parts removed after the merge

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(res.summary())
     if args.out:
-        from sae_training.config import atomic_write_text
+        from saeprobe.atomic import atomic_write_text
 
         atomic_write_text(Path(args.out), json.dumps(res.to_dict(), indent=2))
         print(f"wrote {args.out}")

@@ -1,5 +1,8 @@
 """Sparse autoencoders: architectures (registry), sparse kernels and checkpoint io.
 
+One file per architecture, registered with :func:`register_sae`; ``saving`` writes and
+``io`` reads the sae-lens layout. Imports only saeprobe's primitives (``atomic``, ``dtypes``).
+
 ``sae.encode(x) -> [N, c]``, ``sae.encode_sparse(x) -> SparseCodes(values, indices)``,
 ``sae.decode(z)``, ``sae.decode_sparse(values, indices)``, ``sae(x) -> x_hat``,
 ``sae.dictionary -> [c, d]``, ``sae.cfg`` (:class:`SAEConfig`), ``sae.save(dir)``,
@@ -11,12 +14,16 @@ from __future__ import annotations
 from . import kernels
 from .base import SAE, SparseCodes, TrainForward, geometric_median
 from .batchtopk import BatchTopKSAE
-from .config import ARCHS, SAEConfig
-from .io import check_d_in, load_sae, sae_from_overcomplete_state, save_sae
+from .config import SAEConfig
+from .io import check_d_in, load_sae, sae_from_overcomplete_state
 from .jumprelu import JumpReLUSAE
 from .registry import SAE_REGISTRY, available_archs, create_sae, register_sae
+from .saving import save_sae
 from .standard import StandardSAE
 from .topk import TopKSAE
+
+#: the built-in architectures (the live list: :func:`available_archs`)
+ARCHS = tuple(SAE_REGISTRY)
 
 __all__ = [
     "ARCHS",

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from . import kernels
 from .config import SAEConfig
+from .saving import save_sae
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,20 @@ class SAE(nn.Module):
         ``cfg.use_pre_encoder_bias``.
 
     Inputs may have any leading shape ``[..., d]``; codes are ``[..., c]`` / ``[..., k]``.
+
+    Class attributes (set by each architecture)
+    -------------------------------------------
+    arch : str
+        Registry name.
+    k_required : bool
+        ``cfg.k`` is part of the architecture (Top-K style) rather than an optional cap.
+    sae_lens_architecture : str | None
+        The sae-lens ``architecture`` it is saved as (None: ``arch``).
     """
 
     arch: str = ""
+    k_required: bool = False
+    sae_lens_architecture: str | None = None
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -225,9 +237,15 @@ class SAE(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write ``cfg.json`` + ``sae_weights.safetensors`` (sae-lens layout) into ``path``."""
-        from .io import save_sae
-
         return save_sae(self, path)
+
+    # sae-lens interchange (architecture-specific parts; see saeprobe.sae.saving / io)
+    def sae_lens_extra_state(self) -> dict[str, Tensor]:
+        """Tensors besides ``W_enc``, ``W_dec``, ``b_enc``, ``b_dec`` in the sae-lens file."""
+        return {}
+
+    def load_sae_lens_extra_state(self, sd: dict[str, Tensor], path: Path) -> None:
+        """Read back what :meth:`sae_lens_extra_state` wrote (``path`` for error messages)."""
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}, k={self.cfg.k}"
@@ -304,3 +322,12 @@ def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-8, tol: float 
             return y_new
         y = y_new
     return y
+
+
+def copy_checked(param: Tensor, value: Tensor, name: str, path: Path) -> None:
+    """``param.copy_(value)`` after checking the shape (error names the file and tensor)."""
+    if tuple(param.shape) != tuple(value.shape):
+        raise ValueError(
+            f"{path}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
+        )
+    param.copy_(value.to(param.dtype))

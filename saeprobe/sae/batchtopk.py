@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -21,6 +23,15 @@ class BatchTopKSAE(SAE):
     """
 
     arch = "batchtopk"
+    k_required = True
+    sae_lens_architecture = "jumprelu"  # inference is a JumpReLU with a scalar threshold
+
+    def sae_lens_extra_state(self) -> dict[str, Tensor]:
+        return {"threshold": torch.full_like(self.b_enc.detach(), float(self.threshold))}
+
+    @torch.no_grad()
+    def load_sae_lens_extra_state(self, sd: dict[str, Tensor], path: Path) -> None:
+        self.threshold.fill_(float(sd["threshold"].reshape(-1)[0]) if "threshold" in sd else 0.0)
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)

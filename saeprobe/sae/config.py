@@ -9,32 +9,21 @@ from typing import Any
 
 import torch
 
+from .. import dtypes
+from .registry import SAE_REGISTRY
+
 logger = logging.getLogger(__name__)
 
-ARCHS = ("topk", "batchtopk", "jumprelu", "standard")
-
-_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-_DTYPE_ALIASES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def canonical_dtype(name: str | torch.dtype) -> str:
-    """Canonical dtype name (``"float32"``, ``"bfloat16"``, ...) of a name or ``torch.dtype``."""
-    if isinstance(name, torch.dtype):
-        name = str(name).removeprefix("torch.")
-    name = _DTYPE_ALIASES.get(name, name)
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}")
-    return name
+    """``"float32"``-style name of a dtype name or ``torch.dtype`` (sae-lens spelling)."""
+    return dtypes.long_name(name)
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
     """The ``torch.dtype`` of a dtype name."""
-    return _DTYPES[canonical_dtype(name)]
+    return dtypes.to_torch(name)
 
 
 @dataclass
@@ -44,7 +33,8 @@ class SAEConfig:
     Attributes
     ----------
     arch : str
-        ``topk`` (the paper's), ``batchtopk``, ``jumprelu`` or ``standard`` (ReLU + L1).
+        A registered architecture (:func:`~saeprobe.sae.available_archs`): ``topk`` (the
+        paper's), ``batchtopk``, ``jumprelu``, ``standard`` (ReLU + L1), ...
     d_in : int
         Input (residual stream) width ``d``.
     d_sae : int
@@ -87,14 +77,16 @@ class SAEConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown SAE arch {self.arch!r}; use one of {', '.join(ARCHS)}")
+        if self.arch not in SAE_REGISTRY:
+            raise ValueError(
+                f"unknown SAE arch {self.arch!r}; registered: {', '.join(SAE_REGISTRY)}"
+            )
         if int(self.d_in) <= 0 or int(self.d_sae) <= 0:
             raise ValueError(
                 f"d_in and d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})"
             )
         self.d_in, self.d_sae = int(self.d_in), int(self.d_sae)
-        if self.arch in ("topk", "batchtopk"):
+        if SAE_REGISTRY[self.arch].k_required:
             if self.k is None or not 0 < int(self.k) <= self.d_sae:
                 raise ValueError(
                     f"{self.arch} needs 0 < k <= d_sae (got k={self.k}, d_sae={self.d_sae})"

@@ -1,6 +1,7 @@
-"""SAE checkpoints: the sae-lens disk layout, the paper authors' torch files, ``hf://`` refs.
+"""Loading SAE checkpoints: the sae-lens disk layout, the paper authors' torch files,
+``hf://`` refs (writing: :mod:`.saving`).
 
-Layout written by :func:`save_sae` (readable by ``sae_lens.SAE.load_from_disk``)::
+Layout written by :func:`~saeprobe.sae.saving.save_sae` (readable by ``sae_lens.SAE.load_from_disk``)::
 
     dir/cfg.json                  sae-lens config (architecture, d_in, d_sae, k, ...) plus
                                   "saeprobe": our SAEConfig (arch, biases, metadata)
@@ -15,99 +16,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .base import SAE
+from .base import SAE, copy_checked
 from .config import SAEConfig, canonical_dtype
-from .registry import create_sae
+from .registry import SAE_REGISTRY, create_sae
+from .saving import CFG_FILENAME, WEIGHTS_FILENAME, save_sae
 
-logger = logging.getLogger(__name__)
-
-CFG_FILENAME = "cfg.json"
-WEIGHTS_FILENAME = "sae_weights.safetensors"
-SAE_LENS_VERSION = "6.54.12"
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 PAPER_DEFAULT_K = 50
 
+logger = logging.getLogger(__name__)
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sae_lens_cfg(sae: SAE) -> dict[str, Any]:
-    """The sae-lens ``cfg.json`` dict of ``sae``."""
-    cfg = sae.cfg
-    arch = "jumprelu" if cfg.arch == "batchtopk" else cfg.arch
-    meta = {"sae_lens_version": SAE_LENS_VERSION, "sae_lens_training_version": SAE_LENS_VERSION}
-    meta.update(cfg.metadata)
-    if "hook_point" in cfg.metadata and "hook_name" not in cfg.metadata:
-        meta["hook_name"] = cfg.metadata["hook_point"]
-    out: dict[str, Any] = {
-        "architecture": arch,
-        "d_in": cfg.d_in,
-        "d_sae": cfg.d_sae,
-        "dtype": cfg.dtype,
-        "device": "cpu",
-        "apply_b_dec_to_input": bool(cfg.use_pre_encoder_bias),
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": meta,
-        "saeprobe": cfg.to_dict(),
-    }
-    if arch == "topk":
-        out["k"] = cfg.k
-        out["rescale_acts_by_decoder_norm"] = False
-    return out
-
-
-def sae_lens_state_dict(sae: SAE) -> dict[str, torch.Tensor]:
-    """Weights in sae-lens names and shapes (``W_enc`` is ``[d, c]``)."""
-    sd = {
-        "W_enc": sae.W_enc.detach().t().contiguous(),
-        "W_dec": sae.W_dec.detach().contiguous(),
-        "b_enc": sae.b_enc.detach().contiguous(),
-        "b_dec": (
-            sae.b_dec.detach().contiguous()
-            if sae.b_dec is not None
-            else torch.zeros(sae.cfg.d_in, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
-        ),
-    }
-    if sae.cfg.arch == "jumprelu":
-        sd["threshold"] = sae.threshold.detach().contiguous()
-    elif sae.cfg.arch == "batchtopk":
-        sd["threshold"] = torch.full_like(sae.b_enc.detach(), float(sae.threshold))
-    return {k: v.cpu() for k, v in sd.items()}
-
-
-def save_sae(sae: SAE, path: str | Path) -> Path:
-    """Write ``sae`` to the directory ``path`` (created) in the sae-lens layout; atomic per file."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    sd = sae_lens_state_dict(sae)
-    _atomic_write_bytes(path / WEIGHTS_FILENAME, lambda tmp: save_file(sd, tmp))
-    text = json.dumps(sae_lens_cfg(sae), indent=2)
-
-    def write_cfg(tmp: str) -> None:
-        Path(tmp).write_text(text)
-
-    _atomic_write_bytes(path / CFG_FILENAME, write_cfg)
-    logger.info("saved %s SAE (d_in=%d, d_sae=%d) to %s", sae.cfg.arch, sae.d_in, sae.d_sae, path)
-    return path
+__all__ = ["check_d_in", "load_sae", "sae_from_overcomplete_state", "save_sae"]
 
 
 # ---------------------------------------------------------------------------- loading
@@ -227,10 +153,10 @@ def _cfg_from_sae_lens(
     raw: dict[str, Any], sd: dict[str, torch.Tensor], k: int | None, path: Path
 ) -> SAEConfig:
     arch = raw.get("architecture", "standard")
-    if arch not in ("topk", "jumprelu", "standard"):
+    if arch not in SAE_REGISTRY:
         raise ValueError(
-            f"{path}: sae-lens architecture {arch!r} is not supported; "
-            "saeprobe loads topk, jumprelu and standard"
+            f"{path}: sae-lens architecture {arch!r} is not supported; saeprobe loads "
+            f"{', '.join(SAE_REGISTRY)}"
         )
     norm = raw.get("normalize_activations", "none")
     if norm not in ("none", None):
@@ -249,7 +175,7 @@ def _cfg_from_sae_lens(
         raise ValueError(
             f"{path}: W_enc has shape {tuple(sd['W_enc'].shape)}, cfg.json says d_in={d_in}, d_sae={d_sae}"
         )
-    kk = k if k is not None else raw.get("k", 50 if arch == "topk" else None)
+    kk = k if k is not None else raw.get("k", PAPER_DEFAULT_K if SAE_REGISTRY[arch].k_required else None)
     return SAEConfig(
         arch=arch,
         d_in=d_in,
@@ -275,25 +201,12 @@ def _fill_from_sae_lens(
         b_enc = b_enc * norm
         W_dec = W_dec / norm[:, None]
     for name, value in (("W_enc", W_enc), ("W_dec", W_dec), ("b_enc", b_enc)):
-        _copy_checked(getattr(sae, name), value, name, path)
+        copy_checked(getattr(sae, name), value, name, path)
     if sae.b_dec is not None:
-        _copy_checked(sae.b_dec, sd["b_dec"], "b_dec", path)
+        copy_checked(sae.b_dec, sd["b_dec"], "b_dec", path)
     elif "b_dec" in sd and bool(sd["b_dec"].abs().max() > 0):
         raise ValueError(f"{path}: nonzero b_dec but the config has use_decoder_bias=False")
-    if sae.cfg.arch == "jumprelu":
-        if "threshold" not in sd:
-            raise ValueError(f"{path}: jumprelu checkpoint without 'threshold'")
-        _copy_checked(sae.threshold, sd["threshold"], "threshold", path)
-    elif sae.cfg.arch == "batchtopk":
-        sae.threshold.fill_(float(sd["threshold"].reshape(-1)[0]) if "threshold" in sd else 0.0)
-
-
-def _copy_checked(param: torch.Tensor, value: torch.Tensor, name: str, path: Path) -> None:
-    if tuple(param.shape) != tuple(value.shape):
-        raise ValueError(
-            f"{path}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
-        )
-    param.copy_(value.to(param.dtype))
+    sae.load_sae_lens_extra_state(sd, path)
 
 
 # ---------------------------------------------------------------------------- paper format

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
-from .base import SAE, TrainForward, sparsify
+from .base import SAE, TrainForward, copy_checked, sparsify
 from .config import SAEConfig
 from .registry import register_sae
 
@@ -60,6 +62,15 @@ class JumpReLUSAE(SAE):
     """
 
     arch = "jumprelu"
+
+    def sae_lens_extra_state(self) -> dict[str, Tensor]:
+        return {"threshold": self.threshold.detach().contiguous()}
+
+    @torch.no_grad()
+    def load_sae_lens_extra_state(self, sd: dict[str, Tensor], path: Path) -> None:
+        if "threshold" not in sd:
+            raise ValueError(f"{path}: jumprelu checkpoint without 'threshold'")
+        copy_checked(self.threshold, sd["threshold"], "threshold", path)
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)

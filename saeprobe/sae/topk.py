@@ -19,6 +19,7 @@ class TopKSAE(SAE):
     """
 
     arch = "topk"
+    k_required = True
 
     def _select(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         sae_in = self._sae_in(x)
