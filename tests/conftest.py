@@ -19,3 +19,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """``tiny_models(family) -> Path``: tiny random checkpoints, built once per session
+    (read-only: copy one before changing its files)."""
+    from tests.helpers import tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return lambda family: tiny_model(family, root)

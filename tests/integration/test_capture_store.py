@@ -17,7 +17,6 @@ from saeprobe.capture import capture
 from saeprobe.capture_store import load_pooled
 from saeprobe.models import load_model
 from saeprobe.store import ActivationStore, StoreMismatchError
-from saeprobe.testing import build_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +44,8 @@ make_items = namespace["make_items"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model("qwen2_vl", tmp_path_factory.mktemp("qwen"))
+def model_dir(tiny_models):
+    return tiny_models("qwen2_vl")
 
 
 @pytest.fixture(scope="module")

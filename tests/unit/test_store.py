@@ -16,8 +16,8 @@ import torch
 import saeprobe.store as store_mod
 import saeprobe.store.manifest as manifest_mod
 import saeprobe.store.writer as writer_mod
-from saeprobe.atomic import atomic_write
 from saeprobe import Modality
+from saeprobe.atomic import atomic_write
 from saeprobe.store import (
     ActivationBatch,
     ActivationStore,
@@ -28,39 +28,7 @@ from saeprobe.store import (
     StoreMismatchError,
     data_fingerprint,
 )
-
-D = 8
-N_SAMPLES = 40
-SHARD_TOKENS = 32
-
-
-def make_sample(i: int, d: int = D):
-    """Deterministic tokens of sample ``i``: 1..12 tokens, the first one SYSTEM."""
-    g = torch.Generator().manual_seed(1000 + i)
-    n = int(torch.randint(1, 13, (1,), generator=g))
-    acts = torch.randn(n, d, generator=g, dtype=torch.float64)
-    mod = torch.randint(0, 3, (n,), generator=g).to(torch.int8)
-    mod[0] = int(Modality.SYSTEM)
-    return {
-        "acts": acts,
-        "sample_id": torch.full((n,), i, dtype=torch.int64),
-        "position": torch.arange(n, dtype=torch.int32),
-        "token_id": torch.randint(0, 50_000, (n,), generator=g),
-        "modality": mod,
-    }
-
-
-def add_samples(writer, ids, per_call=1):
-    ids = list(ids)
-    for j in range(0, len(ids), per_call):
-        chunk = [make_sample(i) for i in ids[j : j + per_call]]
-        cat = {k: torch.cat([c[k] for c in chunk]) for k in chunk[0]}
-        writer.add(cat["acts"], cat["sample_id"], cat["position"], cat["token_id"], cat["modality"])
-
-
-def reference(ids=range(N_SAMPLES)):
-    chunk = [make_sample(i) for i in ids]
-    return {k: torch.cat([c[k] for c in chunk]) for k in chunk[0]}
+from tests.helpers import N_SAMPLES, SHARD_TOKENS, D, add_samples, make_sample, reference
 
 
 def write_store(path, dtype="fp32", per_call=1, ids=range(N_SAMPLES), **kw):

@@ -5,106 +5,27 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from analysis import AnalysisConfig, save_pairs, stats_from_store
-from saeprobe._types import Modality
-from saeprobe.cli import main
 from saeprobe.sae import SAEConfig, TopKSAE
-from saeprobe.store import ActivationStore, ActivationStoreWriter
-
-P, D_MODEL = 12, 48
-TEXTUAL, VISUAL = [0, 1, 2, 3], [4, 5, 6, 7]
-TEMPLATE_C, SYSTEM_C = 8, 9
-SEMANTIC = list(range(10, 10 + P))
-HARMFUL = [10 + P, 11 + P]
-C = 12 + P
-T, IMG, TPL, SYS = (
-    int(m) for m in (Modality.TEXT, Modality.IMAGE, Modality.TEMPLATE, Modality.SYSTEM)
+from saeprobe.store import ActivationStore
+from tests.helpers import (
+    D_MODEL,
+    HARMFUL,
+    SEMANTIC,
+    SYS,
+    SYSTEM_C,
+    TEMPLATE_C,
+    TEXTUAL,
+    VISUAL,
+    C,
+    P,
+    build_inputs,
+    run_cli,
 )
-
-
-def build_inputs(root: Path, seed: int = 0) -> dict[str, Path]:
-    """A token store (image and caption inputs with template/system tokens), matched pooled
-    pairs with a harmful shared direction, and a TopKSAE whose dictionary is the planted one."""
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(D_MODEL, C, generator=g))
-    D = q.T.contiguous()
-    sae = TopKSAE(SAEConfig(arch="topk", d_in=D_MODEL, d_sae=C, k=3))
-    with torch.no_grad():
-        sae.W_dec.copy_(D)
-        sae.W_enc.copy_(D)
-        sae.b_enc.fill_(-0.1)  # noise-level pre-activations stay at zero
-    sae_dir = root / "sae"
-    sae.save(sae_dir)
-
-    def noise(n):
-        return 0.01 * torch.randn(n, D_MODEL, generator=g)
-
-    store_dir = root / "store"
-    w = ActivationStoreWriter(
-        store_dir,
-        d=D_MODEL,
-        dtype="fp32",
-        metadata={"model": "synthetic", "hook_point": "final_norm"},
-    )
-    for p in range(P):
-        for sid, own, label, n_own in ((2 * p, VISUAL, IMG, 4), (2 * p + 1, TEXTUAL, T, 3)):
-            mods = [SYS] + [TPL] * 2 + [label] * n_own + [TPL]
-            rows = []
-            for m in mods:
-                if m == SYS:
-                    rows.append(2.0 * D[SYSTEM_C])
-                elif m == TPL:
-                    rows.append(1.0 * D[TEMPLATE_C])
-                else:
-                    c = own[int(torch.randint(0, len(own), (1,), generator=g))]
-                    rows.append(1.5 * D[c] + 0.5 * D[SEMANTIC[p]])
-            acts = torch.stack(rows) + noise(len(rows))
-            n = len(mods)
-            w.add(acts, [sid] * n, list(range(n)), [7] * n, mods)
-    w.close()
-
-    def side(own):
-        style = torch.tensor(own)[torch.randint(0, len(own), (P,), generator=g)]
-        h = 0.2 + 3.8 * torch.rand(P, 2, generator=g)
-        return D[SEMANTIC] + 0.8 * D[style] + h @ D[HARMFUL] + noise(P)
-
-    pairs = save_pairs(
-        root / "pairs.safetensors",
-        side(VISUAL),
-        side(TEXTUAL),
-        image_ids=list(range(P)),
-        text_ids=list(range(P)),
-    )
-    return {"sae": sae_dir, "store": store_dir, "pairs": pairs, "dictionary": D, "sae_obj": sae}
-
-
-def run_cli(inputs: dict, out: Path, *extra: str) -> int:
-    return main(
-        [
-            "analyze",
-            "--sae",
-            str(inputs["sae"]),
-            "--activations",
-            str(inputs["store"]),
-            "--pairs",
-            str(inputs["pairs"]),
-            "--out",
-            str(out),
-            "--n-distractors",
-            "2",
-            "--ablation-steps",
-            "0,1,2",
-            "--ks",
-            "1,5",
-            "--no-progress",
-            *extra,
-        ]
-    )
 
 
 @pytest.fixture(scope="module")

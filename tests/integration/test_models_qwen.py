@@ -245,26 +245,3 @@ def test_processor_chat_template_file(built, tmp_path):
     proc = cls.load_processor(str(dst))
     assert proc.chat_template == template
     assert proc.render("hi", with_image=False) == "<|im_start|>user\nhi<|im_end|>\n"
-
-
-@pytest.mark.gpu
-def test_cuda_bf16_hooks_and_padding(built):
-    """On a GPU in bf16: hooks still equal hidden_states; padding changes little."""
-    adapter = load_model(str(built["path"]), dtype="bf16", device="cuda")
-    batch = adapter.encode(built["items"]).to(adapter.device)
-    cap = {}
-    h = adapter.final_norm().register_forward_hook(lambda m, a, o: cap.__setitem__("n", o))
-    try:
-        with torch.no_grad():
-            out = adapter.forward(batch, output_hidden_states=True)
-    finally:
-        h.remove()
-    mask = batch.attention_mask.bool()
-    assert torch.equal(cap["n"][mask], out.hidden_states[-1][mask])
-    for b, item in enumerate(built["items"]):
-        single = adapter.encode([item]).to(adapter.device)
-        with torch.no_grad():
-            ref = adapter.forward(single).last_hidden_state[0].float()
-        n = ref.shape[0]
-        got = out.last_hidden_state[b, :n].float()
-        torch.testing.assert_close(got, ref, atol=5e-2, rtol=5e-2)

@@ -82,14 +82,14 @@ def test_whitened_covariance_is_identity_within_float32_bound(name, method):
 def test_at_least_as_accurate_as_plain_float32():
     """The report's comparison: centre, X^T X / (n-1), eigh, U diag(l^-1/2) U^T in float32."""
     X = _issue_data()
-    I = torch.eye(8, dtype=torch.float64)
+    eye = torch.eye(8, dtype=torch.float64)
     m = X.mean(0)
     xc = X - m
     ev, vec = torch.linalg.eigh(xc.T @ xc / (len(X) - 1))
     plain = (xc @ ((vec * ev.rsqrt()) @ vec.T)).double()
     ours = Whitener("zca", normalize=False, eps=0.0).fit(X).transform(X).double()
-    e_plain = (torch.cov(plain.T) - I).abs().max().item()
-    e_ours = (torch.cov(ours.T) - I).abs().max().item()
+    e_plain = (torch.cov(plain.T) - eye).abs().max().item()
+    e_ours = (torch.cov(ours.T) - eye).abs().max().item()
     assert e_ours <= e_plain
 
 

@@ -25,7 +25,8 @@ ARGS = [
 )
 def test_report_renders_every_figure(tmp_path):
     from playwright.sync_api import sync_playwright
-    from test_analysis_cli import build_inputs, run_cli
+
+    from tests.helpers import build_inputs, run_cli
 
     inputs = build_inputs(tmp_path / "in")
     layer = tmp_path / "layer.json"

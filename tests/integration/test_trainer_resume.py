@@ -19,7 +19,7 @@ from sae_training.checkpoint import list_checkpoints, load_checkpoint
 from sae_training.sources import TensorSource
 from sae_training.trainer import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # The default recipe exercises every piece of resumable state: AuxK with a dead mask
 # (counters), b_dec from data, LR warm-up and decay, Adam moments, mid-epoch data position.

@@ -20,17 +20,13 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def qwen(workdir):
-    from saeprobe.testing import build_tiny_model
-
-    return build_tiny_model("qwen2_vl", workdir / "qwen2_vl")
+def qwen(tiny_models):
+    return tiny_models("qwen2_vl")
 
 
 @pytest.fixture(scope="module")
-def clip(workdir):
-    from saeprobe.testing import build_tiny_model
-
-    return build_tiny_model("clip", workdir / "clip")
+def clip(tiny_models):
+    return tiny_models("clip")
 
 
 def _hf_mean_pooled(adapter, item):
@@ -44,10 +40,9 @@ def _hf_mean_pooled(adapter, item):
 
 
 def test_retrieve_mllm_end_to_end(workdir, qwen, capsys, monkeypatch):
-    from test_mbeir import build_task_folder
-
     from saeprobe.data.mbeir import open_mbeir
     from saeprobe.models import load_model
+    from tests.helpers import build_task_folder
 
     folder = build_task_folder(workdir, 8, n_queries=4, n_corpus=6, name="mbeir_tiny_task8")
     cache = workdir / "cache_qwen"
@@ -125,12 +120,11 @@ def test_retrieve_mllm_end_to_end(workdir, qwen, capsys, monkeypatch):
 
 
 def test_retrieve_dual_encoder_fusion(workdir, clip):
-    from test_mbeir import build_task_folder
-
     from saeprobe import Item
     from saeprobe.data.mbeir import open_mbeir
     from saeprobe.models import load_model
     from saeprobe.retrieval import embed_items
+    from tests.helpers import build_task_folder
 
     folder = build_task_folder(workdir, 3, n_queries=3, n_corpus=5, name="mbeir_tiny_task2")
     out = workdir / "clip.json"
@@ -166,7 +160,7 @@ def test_retrieve_dual_encoder_fusion(workdir, clip):
 
 
 def test_sweeps_end_to_end(workdir, qwen):
-    from test_mbeir import build_task_folder
+    from tests.helpers import build_task_folder
 
     folder = build_task_folder(workdir, 1, n_queries=4, n_corpus=6, name="mbeir_tiny_task0")
     cache = workdir / "cache_sweep"

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saeprobe.ranking import recall_at_k, topk_search
 from saeprobe.atomic import atomic_save_safetensors
 from saeprobe.distributed import shard_indices
+from saeprobe.ranking import recall_at_k, topk_search
 from saeprobe.retrieval import (
     EmbeddingCache,
     RetrievalConfig,

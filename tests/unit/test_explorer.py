@@ -25,7 +25,7 @@ from saeprobe.explorer import (
 from saeprobe.ranking import ranking_metrics, topk_search
 from saeprobe.whitening import realign
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "explore_distractors.ipynb"
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from saeprobe import Item
 from saeprobe.data.mbeir import (
@@ -18,53 +16,7 @@ from saeprobe.data.mbeir import (
     open_mbeir,
     write_task_folder,
 )
-
-_SK_IMAGES = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "moon", "checkerboard")
-
-
-def sample_images(n: int, size: int = 32) -> list[Image.Image]:
-    """``n`` small RGB images from scikit-image's bundled data (cycled, tinted)."""
-    import skimage.data
-
-    base = []
-    for name in _SK_IMAGES:
-        arr = getattr(skimage.data, name)()
-        im = Image.fromarray(arr).convert("RGB").resize((size, size))
-        base.append(np.asarray(im))
-    out = []
-    for i in range(n):
-        arr = base[i % len(base)].astype(np.int16)
-        arr = np.clip(arr + (i // len(base)) * 17, 0, 255).astype(np.uint8)
-        out.append(Image.fromarray(arr))
-    return out
-
-
-def make_side(prefix: str, kind: str, n: int, images, texts) -> list[Item]:
-    items = []
-    for i in range(n):
-        items.append(
-            Item(
-                id=f"{prefix}:{i}",
-                text=texts[i] if "text" in kind else None,
-                image=images[i] if "image" in kind else None,
-            )
-        )
-    return items
-
-
-def build_task_folder(root, task: int, n_queries: int = 4, n_corpus: int = 6, name=None):
-    """A tiny M-BEIR folder of ``task`` (paper numbering); query i is relevant to
-    candidates i and i+1 (mod n_corpus). Returns the folder path."""
-    qkind, ckind = TASKS[task]
-    imgs = sample_images(max(n_queries, n_corpus))
-    qtexts = [f"a photo number {i} of something" for i in range(n_queries)]
-    ctexts = [f"caption {i} describing a scene" for i in range(n_corpus)]
-    queries = make_side("q", qkind, n_queries, imgs, qtexts)
-    corpus = make_side("c", ckind, n_corpus, imgs[::-1], ctexts)
-    qrels = {f"q:{i}": {f"c:{i % n_corpus}", f"c:{(i + 1) % n_corpus}"} for i in range(n_queries)}
-    mbeir_id = {v: k for k, v in {0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 6: 6, 7: 7, 8: 8}.items()}[task]
-    folder = root / (name or f"mbeir_tiny_task{mbeir_id}")
-    return write_task_folder(folder, queries, corpus, qrels, corpus_shards=2)
+from tests.helpers import build_task_folder, sample_images
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

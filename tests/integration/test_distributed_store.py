@@ -70,10 +70,10 @@ def _rank_main(rank, world_size, port, path, out):
     """One rank (forked child): write its samples, merge, read its batches, gather."""
     import torch
     import torch.distributed as dist
-    from test_store import N_SAMPLES, SHARD_TOKENS, D, add_samples
 
     from saeprobe.distributed import barrier, init_distributed, is_main
     from saeprobe.store import ActivationStore, ActivationStoreWriter, merge_manifests
+    from tests.helpers import N_SAMPLES, SHARD_TOKENS, D, add_samples
 
     torch.set_num_threads(1)  # no OpenMP regions in a forked child
     os.environ.update(
@@ -116,7 +116,7 @@ def _free_port() -> int:
 
 @pytest.mark.integration
 def test_two_process_gloo_store(tmp_path):
-    from test_store import reference
+    from tests.helpers import reference
 
     path, out = tmp_path / "store", tmp_path / "out.json"
     ctx = multiprocessing.get_context("fork")  # forked: no second torch import

@@ -1,0 +1,238 @@
+"""Shared test builders: store samples, M-BEIR folders, analysis inputs, tiny models,
+and a small training config.
+
+Tests import what they need (``from tests.helpers import ...``); fixtures built on these
+live in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from saeprobe import Item, Modality
+
+# ------------------------------------------------------------------ training config
+
+
+def train_config(**overrides: Any):
+    """A small, CPU-pinned :class:`~sae_training.TrainConfig` (fp32, no autocast, no
+    progress bar, no background prefetch): the same numerics on every machine."""
+    from sae_training import TrainConfig
+
+    base: dict[str, Any] = {
+        "width": 32,
+        "k": 4,
+        "lr": 1e-3,
+        "batch_size": 16,
+        "epochs": 1,
+        "warmup_steps": 1,
+        "autocast": "none",
+        "device": "cpu",
+        "progress": False,
+    }
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+# ------------------------------------------------------------------ tiny HF models
+_TINY_CACHE: dict[str, Path] = {}
+
+
+def tiny_model(family: str, root: Path) -> Path:
+    """A tiny random checkpoint of ``family``, built once per test session under ``root``
+    (treat it as read-only; copy it before changing files)."""
+    from saeprobe.testing import build_tiny_model
+
+    if family not in _TINY_CACHE:
+        _TINY_CACHE[family] = build_tiny_model(family, root / family)
+    return _TINY_CACHE[family]
+
+
+# ------------------------------------------------------------------ activation stores
+D = 8
+N_SAMPLES = 40
+SHARD_TOKENS = 32
+
+
+def make_sample(i: int, d: int = D):
+    """Deterministic tokens of sample ``i``: 1..12 tokens, the first one SYSTEM."""
+    g = torch.Generator().manual_seed(1000 + i)
+    n = int(torch.randint(1, 13, (1,), generator=g))
+    acts = torch.randn(n, d, generator=g, dtype=torch.float64)
+    mod = torch.randint(0, 3, (n,), generator=g).to(torch.int8)
+    mod[0] = int(Modality.SYSTEM)
+    return {
+        "acts": acts,
+        "sample_id": torch.full((n,), i, dtype=torch.int64),
+        "position": torch.arange(n, dtype=torch.int32),
+        "token_id": torch.randint(0, 50_000, (n,), generator=g),
+        "modality": mod,
+    }
+
+
+def add_samples(writer, ids, per_call=1):
+    ids = list(ids)
+    for j in range(0, len(ids), per_call):
+        chunk = [make_sample(i) for i in ids[j : j + per_call]]
+        cat = {k: torch.cat([c[k] for c in chunk]) for k in chunk[0]}
+        writer.add(cat["acts"], cat["sample_id"], cat["position"], cat["token_id"], cat["modality"])
+
+
+def reference(ids=range(N_SAMPLES)):
+    chunk = [make_sample(i) for i in ids]
+    return {k: torch.cat([c[k] for c in chunk]) for k in chunk[0]}
+
+
+# ------------------------------------------------------------------ M-BEIR task folders
+_SK_IMAGES = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "moon", "checkerboard")
+
+
+def sample_images(n: int, size: int = 32) -> list[Image.Image]:
+    """``n`` small RGB images from scikit-image's bundled data (cycled, tinted)."""
+    import skimage.data
+
+    base = []
+    for name in _SK_IMAGES:
+        arr = getattr(skimage.data, name)()
+        im = Image.fromarray(arr).convert("RGB").resize((size, size))
+        base.append(np.asarray(im))
+    out = []
+    for i in range(n):
+        arr = base[i % len(base)].astype(np.int16)
+        arr = np.clip(arr + (i // len(base)) * 17, 0, 255).astype(np.uint8)
+        out.append(Image.fromarray(arr))
+    return out
+
+
+def make_side(prefix: str, kind: str, n: int, images, texts) -> list[Item]:
+    items = []
+    for i in range(n):
+        items.append(
+            Item(
+                id=f"{prefix}:{i}",
+                text=texts[i] if "text" in kind else None,
+                image=images[i] if "image" in kind else None,
+            )
+        )
+    return items
+
+
+def build_task_folder(root, task: int, n_queries: int = 4, n_corpus: int = 6, name=None):
+    """A tiny M-BEIR folder of ``task`` (paper numbering); query i is relevant to
+    candidates i and i+1 (mod n_corpus). Returns the folder path."""
+    from saeprobe.data.mbeir import TASKS, write_task_folder
+
+    qkind, ckind = TASKS[task]
+    imgs = sample_images(max(n_queries, n_corpus))
+    qtexts = [f"a photo number {i} of something" for i in range(n_queries)]
+    ctexts = [f"caption {i} describing a scene" for i in range(n_corpus)]
+    queries = make_side("q", qkind, n_queries, imgs, qtexts)
+    corpus = make_side("c", ckind, n_corpus, imgs[::-1], ctexts)
+    qrels = {f"q:{i}": {f"c:{i % n_corpus}", f"c:{(i + 1) % n_corpus}"} for i in range(n_queries)}
+    mbeir_id = {v: k for k, v in {0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 6: 6, 7: 7, 8: 8}.items()}[task]
+    folder = root / (name or f"mbeir_tiny_task{mbeir_id}")
+    return write_task_folder(folder, queries, corpus, qrels, corpus_shards=2)
+
+
+# ------------------------------------------------------------------ analysis CLI inputs
+P, D_MODEL = 12, 48
+TEXTUAL, VISUAL = [0, 1, 2, 3], [4, 5, 6, 7]
+TEMPLATE_C, SYSTEM_C = 8, 9
+SEMANTIC = list(range(10, 10 + P))
+HARMFUL = [10 + P, 11 + P]
+C = 12 + P
+T, IMG, TPL, SYS = (
+    int(m) for m in (Modality.TEXT, Modality.IMAGE, Modality.TEMPLATE, Modality.SYSTEM)
+)
+
+
+def build_inputs(root: Path, seed: int = 0) -> dict[str, Path]:
+    """A token store (image and caption inputs with template/system tokens), matched pooled
+    pairs with a harmful shared direction, and a TopKSAE whose dictionary is the planted one."""
+    from analysis import save_pairs
+    from saeprobe.sae import SAEConfig, TopKSAE
+    from saeprobe.store import ActivationStoreWriter
+
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(D_MODEL, C, generator=g))
+    D = q.T.contiguous()
+    sae = TopKSAE(SAEConfig(arch="topk", d_in=D_MODEL, d_sae=C, k=3))
+    with torch.no_grad():
+        sae.W_dec.copy_(D)
+        sae.W_enc.copy_(D)
+        sae.b_enc.fill_(-0.1)  # noise-level pre-activations stay at zero
+    sae_dir = root / "sae"
+    sae.save(sae_dir)
+
+    def noise(n):
+        return 0.01 * torch.randn(n, D_MODEL, generator=g)
+
+    store_dir = root / "store"
+    w = ActivationStoreWriter(
+        store_dir,
+        d=D_MODEL,
+        dtype="fp32",
+        metadata={"model": "synthetic", "hook_point": "final_norm"},
+    )
+    for p in range(P):
+        for sid, own, label, n_own in ((2 * p, VISUAL, IMG, 4), (2 * p + 1, TEXTUAL, T, 3)):
+            mods = [SYS] + [TPL] * 2 + [label] * n_own + [TPL]
+            rows = []
+            for m in mods:
+                if m == SYS:
+                    rows.append(2.0 * D[SYSTEM_C])
+                elif m == TPL:
+                    rows.append(1.0 * D[TEMPLATE_C])
+                else:
+                    c = own[int(torch.randint(0, len(own), (1,), generator=g))]
+                    rows.append(1.5 * D[c] + 0.5 * D[SEMANTIC[p]])
+            acts = torch.stack(rows) + noise(len(rows))
+            n = len(mods)
+            w.add(acts, [sid] * n, list(range(n)), [7] * n, mods)
+    w.close()
+
+    def side(own):
+        style = torch.tensor(own)[torch.randint(0, len(own), (P,), generator=g)]
+        h = 0.2 + 3.8 * torch.rand(P, 2, generator=g)
+        return D[SEMANTIC] + 0.8 * D[style] + h @ D[HARMFUL] + noise(P)
+
+    pairs = save_pairs(
+        root / "pairs.safetensors",
+        side(VISUAL),
+        side(TEXTUAL),
+        image_ids=list(range(P)),
+        text_ids=list(range(P)),
+    )
+    return {"sae": sae_dir, "store": store_dir, "pairs": pairs, "dictionary": D, "sae_obj": sae}
+
+
+def run_cli(inputs: dict, out: Path, *extra: str) -> int:
+    """``saeprobe analyze`` in-process on :func:`build_inputs`'s files."""
+    from saeprobe.cli import main
+
+    return main(
+        [
+            "analyze",
+            "--sae",
+            str(inputs["sae"]),
+            "--activations",
+            str(inputs["store"]),
+            "--pairs",
+            str(inputs["pairs"]),
+            "--out",
+            str(out),
+            "--n-distractors",
+            "2",
+            "--ablation-steps",
+            "0,1,2",
+            "--ks",
+            "1,5",
+            "--no-progress",
+            *extra,
+        ]
+    )
