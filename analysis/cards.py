@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from saeprobe._types import Item
+from saeprobe import Item
 
 
 @dataclass

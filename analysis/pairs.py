@@ -165,7 +165,7 @@ def pairs_from_capture(capture_dir: str | os.PathLike, source, key: str | None =
     (image item, caption item) data-order indices; ``key`` picks the pooled embedding
     (``"<hook point>.<pool>"``, default: the only ``*.mean`` one).
     """
-    from saeprobe.capture_store import load_pooled
+    from saeprobe.store import load_pooled
 
     pooled, item_ids = load_pooled(capture_dir)
     keys = sorted(k for k in pooled if k != "sample_index")

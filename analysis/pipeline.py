@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from saeprobe._types import Modality
+from saeprobe import Modality
 
 from .ablation import AblationSweep, ablation_sweep
 from .attribution import Attribution, retrieval_attribution, top_distractors

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saeprobe._types import Modality
+from saeprobe import Modality
 
 from .codes import check_codes
 

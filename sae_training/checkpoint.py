@@ -14,27 +14,35 @@ import logging
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from saeprobe.atomic import atomic_torch_save, remove_temp_files
+from saeprobe.errors import SaeprobeError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CheckpointError",
     "checkpoint_dir",
     "clean_temp_files",
     "get_rng_state",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_latest_checkpoint",
     "save_checkpoint",
     "set_rng_state",
 ]
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(SaeprobeError):
+    """A checkpoint file is unreadable (truncated, altered) or not a training checkpoint."""
 
 
 def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
@@ -112,43 +120,55 @@ def _to_cpu(obj: Any) -> Any:
 def save_checkpoint(out_dir: str | os.PathLike, state: dict[str, Any], *, keep: int = 2) -> Path:
     """Write ``state`` (must contain ``step``) atomically; keep the ``keep`` newest files."""
     folder = checkpoint_dir(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{int(state['step']):09d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(_to_cpu(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(path, _to_cpu(state), what="checkpoint")
     if keep > 0:
         for _, old in list_checkpoints(out_dir)[:-keep]:
-            try:
-                old.unlink()
-            except FileNotFoundError:  # pragma: no cover - a concurrent cleanup
-                pass
+            old.unlink(missing_ok=True)
     logger.debug("saved checkpoint %s", path)
     return path
 
 
 def clean_temp_files(out_dir: str | os.PathLike) -> int:
     """Remove temp files left by a run killed while writing a checkpoint."""
-    folder = checkpoint_dir(out_dir)
-    n = 0
-    if folder.is_dir():
-        for p in folder.glob(".step_*.tmp"):
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
+    return remove_temp_files(checkpoint_dir(out_dir))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint file (``weights_only=True``)."""
+    """Load a checkpoint file (``weights_only=True``); a one-line error names a bad file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError / EOFError / pickle errors
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({' '.join(str(exc).split())[:200]}); it was "
+            "truncated or altered"
+        ) from exc
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a saeprobe training checkpoint")
+    return state
+
+
+def load_latest_checkpoint(
+    out_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict] | None:
+    """The newest readable checkpoint ``(path, state)`` of ``out_dir`` (None when there is
+    none); an unreadable newest one is skipped with a warning naming it."""
+    found = list_checkpoints(out_dir)
+    errors = []
+    for _, path in reversed(found):
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            logger.warning("%s; falling back to the previous checkpoint", exc)
+            errors.append(path.name)
+            continue
+        return path, state
+    if errors:
+        raise CheckpointError(
+            f"no readable checkpoint in {checkpoint_dir(out_dir)} (unreadable: "
+            f"{', '.join(errors)}); restart with --force"
+        )
+    return None

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from saeprobe._types import Item, Modality
+from saeprobe import Item, Modality
 
 logger = logging.getLogger(__name__)
 

@@ -100,14 +100,26 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-@functools.lru_cache(maxsize=1)
+#: environment override of the CPU bf16 detection: "1" (native) or "0" (not)
+ENV_CPU_BF16 = "SAEPROBE_CPU_BF16"
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether torch's CPU kernels run bf16 natively here.
 
     True when the CPU reports AVX-512-BF16 or AMX-BF16 (x86) or BF16 (Arm) and neither
     ``ATEN_CPU_CAPABILITY`` nor oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``) hold torch below
-    AVX-512.
+    AVX-512. ``SAEPROBE_CPU_BF16=0`` / ``=1`` overrides the detection (the test suite pins 0,
+    so results do not depend on the machine).
     """
+    forced = os.environ.get(ENV_CPU_BF16, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _detect_cpu_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _detect_cpu_bf16() -> bool:
     flags = _cpu_flags()
     if not flags & {"avx512_bf16", "amx_bf16", "bf16"}:
         return False

@@ -6,6 +6,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# "auto" dtypes resolve to fp32 on every CPU in the suite (tests of the policy set it back)
+os.environ.setdefault("SAEPROBE_CPU_BF16", "0")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from saeprobe.errors import SaeprobeError
+
 COMMANDS = [
     "capture",
     "train",
@@ -26,8 +28,8 @@ COMMANDS = [
 logger = logging.getLogger("saeprobe")
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+class CLIError(SaeprobeError):
+    """A user-facing error of the command line: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,15 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"saeprobe.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"saeprobe.cli.{name}":
-                continue
-            raise
-        mod.add_parser(sub)
+    for name in COMMANDS:  # a sub-command module that fails to import is an error, not a gap
+        importlib.import_module(f"saeprobe.cli.{name}").add_parser(sub)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions reported as one line (anything else is a bug: a traceback)."""
+    from saeprobe.errors import SaeprobeError
+
+    errors: list[type[BaseException]] = [
+        SaeprobeError,
+        CLIError,
+        ValueError,
+        OSError,
+        RuntimeError,
+        MemoryError,
+    ]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        pass
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        text = f"out of memory ({text}); lower --batch-size or use a machine with more memory"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
-    except CLIError as exc:
-        print(f"saeprobe {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as exc:
+    except KeyboardInterrupt:
+        print(f"saeprobe {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
         if args.verbose:
             raise
-        print(f"saeprobe {args.command}: error: {exc}", file=sys.stderr)
+        print(f"saeprobe {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

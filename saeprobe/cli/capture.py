@@ -1,108 +1,134 @@
-"""``saeprobe capture``: residual-stream activations of a model on a data set, into a store."""
+"""``saeprobe capture``: residual-stream activations of a model on a data set, into a store.
+
+Every field of :class:`saeprobe.capture.config.CaptureConfig` is a flag. All arguments,
+the data and the hook points are checked before the model is loaded or a file is written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
+from .flags import add_config_flags, config_from_args
+
 logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from saeprobe.capture.config import CaptureConfig
+
     p = sub.add_parser(
         "capture",
         help="capture per-token activations (+ pooled embeddings) into an activation store",
         description=(
             "Run a model over a data set and write per-token activations with their modality "
-            "labels to a sharded, resumable activation store. Under torchrun each rank captures "
-            "its share into its own shards of the same store."
+            "labels to a sharded, resumable, checksummed activation store. Under torchrun each "
+            "rank captures its share into its own shards of the same store."
         ),
     )
-    p.add_argument("--model", required=True, help="hub id or local folder of a supported model")
-    p.add_argument(
-        "--data",
-        required=True,
-        help="COCO-Caption parquet (file/folder), an image folder with captions.csv/jsonl, "
-        "or an M-BEIR task folder",
+    p.add_argument("--config", help="CaptureConfig JSON; flags override it")
+    p.add_argument("--run", help="also register the store in this run folder (docs/run-folder.md)")
+    p.add_argument("--name", help="model name in the run folder (default: the model folder name)")
+    dests = add_config_flags(
+        p, CaptureConfig, choices={"dtype": ("fp16", "bf16", "fp32", "float16", "bfloat16", "float32")}
     )
-    p.add_argument(
-        "--layers",
-        default="final_norm",
-        help="hook points, comma-separated: 'final_norm' (HF hidden_states[-1], the paper's), "
-        "an integer L or 'resid_post.L' (raw residual after layer L; -1 = last), 'resid_pre.0'",
-    )
-    p.add_argument("--out", required=True, help="store folder (created; resumed if it exists)")
-    p.add_argument(
-        "--pool",
-        default="mean",
-        help="poolings to store, comma-separated (mean, "
-        "mean_data, last, mean_text, mean_image, mean_template, native)",
-    )
-    p.add_argument("--limit", type=int, default=None, help="only the first N items")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float16", help="storage dtype: float16, bfloat16, float32")
-    p.add_argument(
-        "--model-dtype",
-        default=None,
-        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument(
-        "--mode",
-        default=None,
-        help="data mode, e.g. images+captions (default), images, captions, pairs",
-    )
-    p.add_argument("--tower", default=None, help="dual encoders: text or vision")
-    p.add_argument(
-        "--skip-system",
-        action="store_true",
-        help="drop leading system-prompt tokens (the paper's SAE training data)",
-    )
-    p.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard")
-    p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing store")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, config_dests=dests)
+
+
+def build_config(args: argparse.Namespace):
+    import json
+    from pathlib import Path
+
+    from saeprobe.capture.config import CaptureConfig
+
+    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    cfg = config_from_args(CaptureConfig, args, args.config_dests, base)
+    if args.run and not cfg.out:  # the store goes into the run folder
+        cfg.out = str(Path(args.run) / "models" / _run_name(args, cfg) / "store")
+    return cfg.validate()
+
+
+def _run_name(args: argparse.Namespace, cfg) -> str:
+    from pathlib import Path
+
+    return args.name or Path(str(cfg.model).rstrip("/")).name
+
+
+def preflight(cfg) -> tuple:
+    """Everything that needs no weights: the data source and the hook points' layer range.
+
+    Returns ``(source, model config)``."""
+    from saeprobe.data import open_source
+    from saeprobe.hooks import parse_hook_points
+    from saeprobe.models.registry import layer_count, read_config
+
+    source = open_source(cfg.data, **({"mode": cfg.mode} if cfg.mode else {}))
+    config = read_config(cfg.model)
+    n_layers = layer_count(config, cfg.tower)
+    if n_layers:
+        parse_hook_points(cfg.layers, n_layers)
+    return source, config
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from saeprobe.capture import capture
-    from saeprobe.data import open_source
     from saeprobe.distributed import init_distributed
-    from saeprobe.models import load_model, resolve_dtype
+    from saeprobe.dtypes import to_torch
+    from saeprobe.models import load_model
 
+    cfg = build_config(args)
+    source, _ = preflight(cfg)
     info = init_distributed()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and info.world_size > 1:
         device = f"cuda:{info.local_rank}"
-    model_dtype = resolve_dtype(args.model_dtype) or (
-        torch.bfloat16 if device.startswith("cuda") else torch.float32
-    )
-    adapter = load_model(args.model, dtype=model_dtype, device=device)
-    source_kwargs = {"mode": args.mode} if args.mode else {}
-    source = open_source(args.data, **source_kwargs)
-    store_kwargs = {}
-    if args.shard_tokens:
-        store_kwargs["shard_tokens"] = args.shard_tokens
+    adapter = load_model(cfg.model, dtype=cfg.model_dtype, device=device)
     result = capture(
         adapter,
         source,
-        args.layers,
-        out=args.out,
-        batch_size=args.batch_size,
-        pools=[p for p in args.pool.split(",") if p],
-        skip_system=args.skip_system,
-        tower=args.tower,
-        dtype=resolve_dtype(args.dtype),
-        limit=args.limit,
-        progress=not args.no_progress and info.rank == 0,
-        resume=not args.no_resume,
-        data_spec=str(args.data),
-        model_name=args.model,
-        **store_kwargs,
+        cfg.layers,
+        out=cfg.out,
+        batch_size=cfg.batch_size,
+        pools=cfg.pools,
+        skip_system=cfg.skip_system,
+        tower=cfg.tower,
+        dtype=to_torch(cfg.dtype),
+        limit=cfg.limit,
+        progress=cfg.progress and info.rank == 0,
+        resume=cfg.resume,
+        data_spec=str(cfg.data),
+        model_name=cfg.model,
+        **({"shard_tokens": cfg.shard_tokens} if cfg.shard_tokens else {}),
     )
     if info.rank == 0:
-        print(f"captured {result.summary()}")
-        print(f"store: {result.out}")
+        _report(cfg, result, source, adapter, args)
     return 0
+
+
+def _report(cfg, result, source, adapter, args) -> None:
+    from pathlib import Path
+
+    print(f"captured {result.summary()}")
+    for hook, path in result.stores.items():
+        print(f"store ({hook}): {path}")
+    summary = source.skipped_summary() if hasattr(source, "skipped_summary") else ""
+    if summary:
+        print(f"skipped {summary}")
+    if args.run:
+        from saeprobe.run import RunWriter
+
+        name = _run_name(args, cfg)
+        w = RunWriter(args.run)
+        hook = next(iter(result.stores))
+        w.add_model(
+            name,
+            path=cfg.model,
+            kind="dual" if getattr(adapter, "is_dual_encoder", False) else "mllm",
+            d=adapter.d_model,
+            hook_point=hook,
+            pool=cfg.pools[0],
+            parts={"store": str(Path(result.stores[hook]).resolve())},
+        )
+        print(f"registered in run {args.run} as model {name!r}")

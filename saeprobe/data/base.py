@@ -121,6 +121,7 @@ class DataSource:
         self.world_size = world_size
         self.shard = shard
         self.skipped: dict[str, int] = {}
+        self.skipped_examples: dict[str, list[str]] = {}
         self._entries: list[Entry] | None = None
 
     # ---------------------------------------------------------------- subclass API
@@ -139,8 +140,21 @@ class DataSource:
         return {"type": self.name, "limit": self.limit}
 
     # ---------------------------------------------------------------- plan
-    def _skip(self, what: str, n: int = 1) -> None:
+    def _skip(self, what: str, n: int = 1, name: str | None = None) -> None:
+        """Count ``n`` skipped rows for reason ``what`` (keeping a few ``name``s to show)."""
         self.skipped[what] = self.skipped.get(what, 0) + n
+        examples = self.skipped_examples.setdefault(what, [])
+        if name is not None and len(examples) < 5:
+            examples.append(str(name))
+
+    def skipped_summary(self) -> str:
+        """``"2 missing image files (a.png, b.png), 1 empty captions"`` (empty when none)."""
+        parts = []
+        for what, n in sorted(self.skipped.items()):
+            names = self.skipped_examples.get(what) or []
+            more = ", ..." if n > len(names) else ""
+            parts.append(f"{n} {what}" + (f" ({', '.join(names)}{more})" if names else ""))
+        return ", ".join(parts)
 
     @property
     def entries(self) -> list[Entry]:
@@ -153,16 +167,14 @@ class DataSource:
                     if self.limit is not None and len(entries) >= self.limit:
                         break
             if self.skipped:
-                summary = ", ".join(f"{n} {what}" for what, n in sorted(self.skipped.items()))
-                logger.warning("%s: skipped %s", self._where(), summary)
+                logger.warning("%s: skipped %s", self._where(), self.skipped_summary())
             if not entries and self.limit != 0:
                 raise ValueError(f"{self._where()}: no usable items ({self._empty_hint()})")
             self._entries = entries
         return self._entries
 
     def _empty_hint(self) -> str:
-        skipped = ", ".join(f"{n} {w}" for w, n in sorted(self.skipped.items())) or "no rows"
-        return f"skipped {skipped}"
+        return f"skipped {self.skipped_summary() or 'no rows'}"
 
     @property
     def indices(self) -> range:
@@ -285,20 +297,20 @@ class ImageCaptionSource(DataSource):
             image_ok = False
             if self.needs_images:
                 if row.image_ref is None:
-                    self._skip(row.image_problem or "rows without an image")
+                    self._skip(row.image_problem or "rows without an image", name=row.image_id)
                 else:
                     image_ok = self.validate == "none" or check_image(
                         self._read_image_bytes(row.image_ref), self.validate
                     )
                     if not image_ok:
-                        self._skip("undecodable images")
+                        self._skip("undecodable images", name=row.image_id)
             captions: list[tuple[int, str]] = []
             if self.needs_captions:
                 for j, c in enumerate(row.captions):
                     if isinstance(c, str) and c.strip():
                         captions.append((j, c.strip()))
                     else:
-                        self._skip("empty captions")
+                        self._skip("empty captions", name=f"{row.image_id}#{j}")
             base = {**row.meta, "image_id": row.image_id}
             if self.mode in ("images+captions", "images") and image_ok:
                 yield Entry(row.image_id, None, row.image_ref, "image", {**base, "kind": "image"})

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import dtypes
 from .._types import Item
 
 logger = logging.getLogger(__name__)
@@ -117,8 +118,8 @@ class ModelAdapter:
         **kwargs,
     ) -> ModelAdapter:
         """Load model and processor and wrap them; the model is put in eval mode."""
-        if isinstance(dtype, str):
-            dtype = resolve_dtype(dtype)
+        if isinstance(dtype, str):  # "auto": bf16 only where the device runs it natively
+            dtype = dtypes.resolve(dtype, device, what="model")
         model = cls.load_model(name_or_path, dtype=dtype, **kwargs)
         processor = cls.load_processor(name_or_path)
         model.eval()
@@ -197,23 +198,9 @@ class ModelAdapter:
         return f"{type(self).__name__}({self.name_or_path!r})"
 
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
 def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    """Parse a dtype name (``"bf16"``, ``"float32"``, ...)."""
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+    """Parse a dtype name (``"bf16"``, ``"float32"``, ...; :mod:`saeprobe.dtypes`);
+    ``"auto"`` picks bf16 where the CPU / GPU runs it natively, else fp32."""
+    if isinstance(name, str) and name.strip().lower() == "auto":
+        return dtypes.resolve("auto")
+    return dtypes.to_torch(name)

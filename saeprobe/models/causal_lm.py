@@ -27,9 +27,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import dtypes
 from .._types import Item, Modality
 from ._labels import TextLocation, label_tokens, locate_text, pad_sequences
-from .base import EncodedBatch, ModelAdapter, resolve_dtype
+from .base import EncodedBatch, ModelAdapter
 from .prompts import render_prompt
 from .registry import register_adapter
 
@@ -140,7 +141,8 @@ class CausalLMAdapter(ModelAdapter):
         **kwargs,
     ) -> CausalLMAdapter:
         """Load model and tokenizer (both from ``gguf_file`` when given); eval mode."""
-        dtype = resolve_dtype(dtype)
+        if isinstance(dtype, str):  # "auto": bf16 only where the device runs it natively
+            dtype = dtypes.resolve(dtype, device, what="model")
         model = cls.load_model(name_or_path, dtype=dtype, gguf_file=gguf_file, **kwargs)
         tokenizer = cls.load_processor(name_or_path, gguf_file=gguf_file)
         model.eval()

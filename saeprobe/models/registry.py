@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from pathlib import Path
 from typing import Any
 
 from .base import ModelAdapter
@@ -42,13 +43,18 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     return cls
 
 
+_imported = False
+
+
 def _import_builtins() -> None:
+    """Import every built-in adapter module once; one that fails to import is an error (a
+    renamed or broken file must not silently drop a family)."""
+    global _imported
+    if _imported:
+        return
     for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"saeprobe.models.{mod}")
-        except ModuleNotFoundError as exc:  # a family module not written yet
-            if exc.name != f"saeprobe.models.{mod}":
-                raise
+        importlib.import_module(f"saeprobe.models.{mod}")
+    _imported = True
 
 
 def adapter_class(architecture: str) -> type[ModelAdapter]:
@@ -64,6 +70,30 @@ def adapter_class(architecture: str) -> type[ModelAdapter]:
         ) from None
 
 
+def read_config(name_or_path: str, **kwargs: Any) -> Any:
+    """The HF config of a hub id or local folder (no weights are read); ``kwargs`` go to
+    ``AutoConfig.from_pretrained`` (e.g. ``gguf_file``)."""
+    from transformers import AutoConfig
+
+    _check_local_path(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise OSError(
+            f"cannot read the config of {name_or_path!r}: {exc}. Pass a local folder with a "
+            "config.json or a Hugging Face hub id that is cached or reachable."
+        ) from exc
+
+
+def layer_count(config: Any, tower: str | None = None) -> int | None:
+    """Decoder (or tower) layers of an HF config, when it says (None when it does not)."""
+    sub = getattr(config, "vision_config", None) if tower == "vision" else None
+    if sub is None:
+        sub = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n = getattr(sub, "num_hidden_layers", None)
+    return int(n) if isinstance(n, int) else None
+
+
 def architecture_of(name_or_path: str, **kwargs: Any) -> str:
     """Read ``config.architectures[0]`` of a hub id or local folder.
 
@@ -71,15 +101,7 @@ def architecture_of(name_or_path: str, **kwargs: Any) -> str:
     ``architectures`` (GGUF files have none) falls back to the causal-LM class of its
     ``model_type``.
     """
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise OSError(
-            f"cannot read the config of {name_or_path!r}: {exc}. Pass a local folder with a "
-            "config.json or a Hugging Face hub id that is cached or reachable."
-        ) from exc
+    config = read_config(name_or_path, **kwargs)
     archs = getattr(config, "architectures", None) or []
     if archs:
         return archs[0]
@@ -92,6 +114,18 @@ def architecture_of(name_or_path: str, **kwargs: Any) -> str:
         f"{name_or_path!r} has no 'architectures' entry in its config.json; set it to the "
         "model class name (e.g. Qwen2VLForConditionalGeneration)."
     )
+
+
+def _check_local_path(name_or_path: str) -> None:
+    """A name that can only be a path (absolute, ``./``, ``~``, or more than one ``/``) must
+    exist: say so instead of the hub's "Repo id must be in the form ..." error."""
+    text = str(name_or_path)
+    looks_local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_local and not Path(text).expanduser().exists():
+        raise FileNotFoundError(
+            f"model folder {text} does not exist; pass an existing folder (with config.json) "
+            "or a hub id such as Qwen/Qwen2-VL-2B-Instruct"
+        )
 
 
 def load_model(name_or_path: str, *, dtype=None, device=None, **kwargs: Any) -> ModelAdapter:

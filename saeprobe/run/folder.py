@@ -158,11 +158,15 @@ class RunFolder:
         return json.loads((model_dir(self.root, model) / MODEL_FILE).read_text(encoding="utf-8"))
 
     def path(self, model: str, part: str, hint: str) -> Path:
-        """``models/<model>/<part>``, or a RunError naming it and ``hint`` (how to make it)."""
+        """``models/<model>/<part>`` (or where ``model.json``'s ``parts`` says it is), or a
+        RunError naming it and ``hint`` (how to make it)."""
         self._need_model(model)
-        p = model_dir(self.root, model) / part
+        head, _, rest = part.partition("/")
+        moved = self.model(model).get("parts", {}).get(head)
+        p = (Path(moved) / rest if rest else Path(moved)) if moved else model_dir(self.root, model) / part
         if not p.exists():
-            raise RunError(f"run {self.root}: {p.relative_to(self.root)} is missing; {hint}")
+            shown = p.relative_to(self.root) if p.is_relative_to(self.root) else p
+            raise RunError(f"run {self.root}: {shown} is missing; {hint}")
         return p
 
     def sae_path(self, model: str) -> Path:

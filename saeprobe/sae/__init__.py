@@ -15,9 +15,12 @@ from . import kernels
 from .base import SAE, SparseCodes, TrainForward, geometric_median
 from .batchtopk import BatchTopKSAE
 from .config import SAEConfig
+from .factory import create_sae
+from .gated import GatedSAE
 from .io import check_d_in, load_sae, sae_from_overcomplete_state
 from .jumprelu import JumpReLUSAE
-from .registry import SAE_REGISTRY, available_archs, create_sae, register_sae
+from .matryoshka import MatryoshkaBatchTopKSAE
+from .registry import SAE_REGISTRY, available_archs, register_sae
 from .saving import save_sae
 from .standard import StandardSAE
 from .topk import TopKSAE
@@ -30,7 +33,9 @@ __all__ = [
     "SAE",
     "SAE_REGISTRY",
     "BatchTopKSAE",
+    "GatedSAE",
     "JumpReLUSAE",
+    "MatryoshkaBatchTopKSAE",
     "SAEConfig",
     "SparseCodes",
     "StandardSAE",

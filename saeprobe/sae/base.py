@@ -76,11 +76,16 @@ class SAE(nn.Module):
         ``cfg.k`` is part of the architecture (Top-K style) rather than an optional cap.
     sae_lens_architecture : str | None
         The sae-lens ``architecture`` it is saved as (None: ``arch``).
+    sae_lens_omit : tuple of str
+        Base tensors the sae-lens class of that architecture does not have (``gated``: its
+        gate bias is ``b_gate``, there is no ``b_enc``); left out of the file, read back by
+        :meth:`load_sae_lens_extra_state`.
     """
 
     arch: str = ""
     k_required: bool = False
     sae_lens_architecture: str | None = None
+    sae_lens_omit: tuple[str, ...] = ()
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()

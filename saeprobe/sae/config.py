@@ -15,7 +15,6 @@ from .registry import SAE_REGISTRY
 logger = logging.getLogger(__name__)
 
 
-
 def canonical_dtype(name: str | torch.dtype) -> str:
     """``"float32"``-style name of a dtype name or ``torch.dtype`` (sae-lens spelling)."""
     return dtypes.long_name(name)
@@ -34,14 +33,16 @@ class SAEConfig:
     ----------
     arch : str
         A registered architecture (:func:`~saeprobe.sae.available_archs`): ``topk`` (the
-        paper's), ``batchtopk``, ``jumprelu``, ``standard`` (ReLU + L1), ...
+        paper's), ``batchtopk``, ``matryoshka_batchtopk``, ``jumprelu``, ``gated``,
+        ``standard`` (ReLU + L1), ...
     d_in : int
         Input (residual stream) width ``d``.
     d_sae : int
         Number of latents ``c``.
     k : int | None
-        Active latents per row (``topk``), mean active latents per row (``batchtopk``);
-        for ``jumprelu`` / ``standard`` an optional cap for ``encode_sparse`` (``k_max``).
+        Active latents per row (``topk``), mean active latents per row (``batchtopk``,
+        ``matryoshka_batchtopk``); for ``jumprelu`` / ``gated`` / ``standard`` an optional
+        cap for ``encode_sparse`` (``k_max``).
     dtype : str
         Parameter dtype (``float32`` master weights are the default).
     use_decoder_bias : bool
@@ -57,7 +58,10 @@ class SAEConfig:
     l1_scale_by_decoder_norm : bool
         ``standard`` only: weight ``|z_i|`` by ``||W_dec[i]||`` in the L1 term.
     batchtopk_threshold_lr : float
-        EMA rate of the BatchTopK inference threshold.
+        EMA rate of the BatchTopK (and Matryoshka BatchTopK) inference threshold.
+    matryoshka_widths : list[int] | None
+        ``matryoshka_batchtopk`` only: the nested prefix widths trained jointly (strictly
+        increasing, the last is ``d_sae``); None: ``d_sae / 16, / 8, / 4, / 2, d_sae``.
     metadata : dict
         Free-form: ``model_name``, ``hook_point`` / ``hook_name``, ``dataset``, ...
     """
@@ -74,6 +78,7 @@ class SAEConfig:
     l1_coeff: float = 0.01
     l1_scale_by_decoder_norm: bool = False
     batchtopk_threshold_lr: float = 0.01
+    matryoshka_widths: list[int] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -25,7 +25,8 @@ from safetensors import safe_open
 
 from .base import SAE, copy_checked
 from .config import SAEConfig, canonical_dtype
-from .registry import SAE_REGISTRY, create_sae
+from .factory import create_sae
+from .registry import SAE_REGISTRY
 from .saving import CFG_FILENAME, WEIGHTS_FILENAME, save_sae
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
@@ -130,20 +131,26 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
 
 
-def _load_sae_lens_dir(path: Path, k: int | None) -> SAE:
-    raw = json.loads((path / CFG_FILENAME).read_text())
-    sd = _read_safetensors(path / WEIGHTS_FILENAME)
-    missing = [n for n in ("W_enc", "W_dec", "b_enc") if n not in sd]
+def _check_keys(sd: dict[str, torch.Tensor], names: tuple[str, ...], path: Path) -> None:
+    missing = [n for n in names if n not in sd]
     if missing:
         raise ValueError(
             f"{path / WEIGHTS_FILENAME}: missing {', '.join(missing)}; found keys {sorted(sd)}"
         )
+
+
+def _load_sae_lens_dir(path: Path, k: int | None) -> SAE:
+    raw = json.loads((path / CFG_FILENAME).read_text())
+    sd = _read_safetensors(path / WEIGHTS_FILENAME)
+    _check_keys(sd, ("W_enc", "W_dec"), path)
     if "saeprobe" in raw:
         cfg = SAEConfig.from_dict(raw["saeprobe"])
         if k is not None:
             cfg.k = int(k)
     else:
         cfg = _cfg_from_sae_lens(raw, sd, k, path)
+    if "b_enc" not in SAE_REGISTRY[cfg.arch].sae_lens_omit:
+        _check_keys(sd, ("b_enc",), path)
     sae = create_sae(cfg)
     _fill_from_sae_lens(sae, sd, raw, path)
     return sae
@@ -194,14 +201,15 @@ def _fill_from_sae_lens(
 ) -> None:
     W_enc = sd["W_enc"].t()
     W_dec = sd["W_dec"]
-    b_enc = sd["b_enc"]
+    b_enc = sd.get("b_enc")  # None where the architecture has none (gated: b_gate)
     if raw.get("architecture") == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
         norm = W_dec.norm(dim=1).clamp_min(1e-8)  # fold, as sae-lens does when saving
         W_enc = W_enc * norm[:, None]
         b_enc = b_enc * norm
         W_dec = W_dec / norm[:, None]
     for name, value in (("W_enc", W_enc), ("W_dec", W_dec), ("b_enc", b_enc)):
-        copy_checked(getattr(sae, name), value, name, path)
+        if value is not None:
+            copy_checked(getattr(sae, name), value, name, path)
     if sae.b_dec is not None:
         copy_checked(sae.b_dec, sd["b_dec"], "b_dec", path)
     elif "b_dec" in sd and bool(sd["b_dec"].abs().max() > 0):

@@ -66,6 +66,8 @@ def sae_lens_state_dict(sae: SAE) -> dict[str, torch.Tensor]:
         ),
     }
     sd.update(sae.sae_lens_extra_state())
+    for name in sae.sae_lens_omit:
+        sd.pop(name, None)
     return {k: v.cpu() for k, v in sd.items()}
 
 

@@ -138,7 +138,7 @@ def test_resume_without_checkpoint_starts_fresh_and_rejects_other_settings(tmp_p
     cfg = TrainConfig(out_dir=str(tmp_path / "r"), **{**CFG, "epochs": 1})
     first = train(cfg, TensorSource(x, seed=3), resume=True)  # nothing to resume: fresh run
     assert first.step == 4
-    with pytest.raises(ValueError, match="trained with width=64, this run has width=32"):
+    with pytest.raises(ValueError, match=r"width 64 \(checkpoint\) vs 32 \(now\)"):
         train(cfg.replace(width=32), TensorSource(x, seed=3), resume=True)
     # resuming a finished run does no more steps and keeps the weights
     again = train(cfg, TensorSource(x, seed=3), resume=True)

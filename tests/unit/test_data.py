@@ -194,7 +194,8 @@ def test_coco_variants_and_errors(tmp_path, images):
     bad = _table([("b", images["b"], ["", None])])
     pq.write_table(bad, tmp_path / "bad.parquet")
     with pytest.raises(
-        ValueError, match=r"no usable items.*2 empty captions, 1 undecodable images"
+        ValueError,
+        match=r"no usable items.*2 empty captions \(b.jpg#0, b.jpg#1\), 1 undecodable images \(b.jpg\)",
     ):
         len(CocoCaptionSource(tmp_path / "bad.parquet"))
     # several splits in one folder
