@@ -92,12 +92,18 @@ __all__ = [
 ]
 
 # report symbols import plotly: loaded on first use so `import analysis` stays light
-_LAZY = {"ReportFiles", "analyze_store", "build_cards", "render_report", "write_report"}
+_LAZY = {
+    "ReportFiles": "api",
+    "analyze_store": "api",
+    "build_cards": "report",
+    "render_report": "report",
+    "write_report": "report",
+}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from . import report
+        import importlib
 
-        return getattr(report, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")

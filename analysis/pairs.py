@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from saeprobe.atomic import atomic_save_safetensors
 
 
 @dataclass
@@ -127,8 +128,6 @@ def save_pairs(
 ) -> Path:
     """Write a pairs file atomically. Integer ids go to ``image_id``/``text_id`` tensors,
     string ids to the metadata."""
-    from safetensors.torch import save_file
-
     check_pairs(image_emb, text_emb)
     path = Path(path)
     tensors = {
@@ -145,17 +144,23 @@ def save_pairs(
             meta[f"{name}_ids"] = json.dumps([str(x) for x in ids])
     if image_keys is not None:
         meta["image_keys"] = json.dumps([str(x) for x in image_keys])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_save_safetensors(path, tensors, meta, what="pairs file")
+
+
+def _check_item_ids(capture_dir, source, sample_index: list[int], item_ids: list[str]) -> None:
+    """The capture's items must be the data source's items at the same indices."""
+    ids_fn = getattr(source, "item_ids", None)
+    if not callable(ids_fn):
+        return
+    source_ids = ids_fn()
+    for s, captured in zip(sample_index, item_ids, strict=True):
+        given = source_ids[s] if s < len(source_ids) else None
+        if given != captured:
+            raise ValueError(
+                f"the capture in {capture_dir} does not match the data source: item {s} is "
+                f"{captured!r} in the capture but {given!r} in --data; pass the data source "
+                "the capture was made from"
+            )
 
 
 def pairs_from_capture(capture_dir: str | os.PathLike, source, key: str | None = None) -> Pairs:
@@ -179,6 +184,7 @@ def pairs_from_capture(capture_dir: str | os.PathLike, source, key: str | None =
     if not hasattr(source, "pairs"):
         raise ValueError("the data source has no matched pairs (use an images+captions source)")
     rows = {int(s): r for r, s in enumerate(pooled["sample_index"].tolist())}
+    _check_item_ids(capture_dir, source, pooled["sample_index"].tolist(), item_ids)
     img_rows, txt_rows, ids, img_keys = [], [], [], []
     for p in source.pairs():
         if p.image_index in rows and p.text_index in rows:

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from saeprobe import Modality
+from saeprobe.atomic import atomic_write, atomic_write_text
 
 from .ablation import AblationSweep, ablation_sweep
 from .attribution import Attribution, retrieval_attribution, top_distractors
@@ -370,19 +370,6 @@ def _spaced(n: int, m: int | None) -> torch.Tensor | None:
     return torch.linspace(0, n - 1, m).round().long().unique()
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_features(result: AnalysisResult, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``features.parquet`` and ``features.csv`` (one row per concept) atomically."""
     import pyarrow as pa
@@ -393,8 +380,8 @@ def write_features(result: AnalysisResult, out_dir: str | os.PathLike) -> tuple[
     cols = result.features()
     table = pa.table(cols)
     pq_path, csv_path = out / "features.parquet", out / "features.csv"
-    _atomic_write(pq_path, lambda p: pq.write_table(table, p))
-    _atomic_write(csv_path, lambda p: pacsv.write_csv(table, p))
+    atomic_write(pq_path, lambda p: pq.write_table(table, p), what="features table")
+    atomic_write(csv_path, lambda p: pacsv.write_csv(table, p), what="features table")
     return pq_path, csv_path
 
 
@@ -412,5 +399,4 @@ def write_summary(result: AnalysisResult, out_dir: str | os.PathLike) -> Path:
             return [clean(v) for v in o]
         return o
 
-    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(clean(obj), indent=2)))
-    return path
+    return atomic_write_text(path, json.dumps(clean(obj), indent=2), what="analysis summary")

@@ -8,15 +8,17 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import plotly.graph_objects as go
 import torch
 
+from saeprobe.atomic import atomic_write_text
+
 from . import figures
 from .bridge import bridge_block, bridge_partners
 from .cards import FeatureCard, ItemLookup, build_card
-from .pipeline import AnalysisResult, _atomic_write
+from .pipeline import AnalysisResult
 
 logger = logging.getLogger(__name__)
 
@@ -237,70 +239,4 @@ def write_report(
     """Write ``report.html`` into ``out_dir`` atomically and return its path."""
     cards = build_cards(result, items=items)
     text = render_report(result, cards, layer_sweep, alpha_sweep, title)
-    path = Path(out_dir) / "report.html"
-    _atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
-    return path
-
-
-class ReportFiles(NamedTuple):
-    """What :func:`analyze_store` wrote (paths) and the in-memory result."""
-
-    html: Path
-    table: Path
-    csv: Path
-    summary: Path
-    result: AnalysisResult
-
-
-def analyze_store(
-    sae: Any,
-    activations: Any = None,
-    out: str | os.PathLike = "analysis_report",
-    pairs: Any = None,
-    items: ItemLookup = None,
-    cfg: Any = None,
-    layer_sweep: Any = None,
-    alpha_sweep: Any = None,
-    title: str = "saeprobe concept analysis",
-    progress: bool = False,
-    meta: dict | None = None,
-) -> ReportFiles:
-    """Analyse and write everything into ``out`` in one call (what ``saeprobe analyze`` does).
-
-    ``sae``: an SAE or a path for :func:`saeprobe.sae.load_sae`; ``activations``: an
-    :class:`saeprobe.store.ActivationStore` or its folder; ``pairs``: :class:`~analysis.Pairs`
-    or a pairs file; ``items``: list / dict / callable / data source resolving store sample
-    ids to items; ``meta``: extra rows for the report summary.
-    """
-    from .pairs import Pairs, load_pairs
-    from .pipeline import AnalysisConfig, analyze, write_features, write_summary
-
-    meta = dict(meta or {})
-    if isinstance(sae, (str, os.PathLike)):
-        from saeprobe.sae import load_sae
-
-        meta.setdefault("sae", str(sae))
-        sae = load_sae(sae, device=getattr(cfg, "device", "cpu") if cfg is not None else "cpu")
-    store = activations
-    if isinstance(activations, (str, os.PathLike)):
-        from saeprobe.store import ActivationStore
-
-        store = ActivationStore(activations)
-        meta["activations"] = str(activations)
-    if store is not None:
-        for k in ("model", "hook_point"):
-            if k in getattr(store, "metadata", {}):
-                meta[k] = store.metadata[k]
-    if pairs is not None and not isinstance(pairs, Pairs):
-        meta.setdefault("pairs", str(pairs))
-        pairs = load_pairs(pairs)
-    if pairs is not None:
-        meta["pairs"] = f"{meta.get('pairs', 'in memory')} ({pairs.n} pairs)"
-    if store is None and pairs is None:
-        raise ValueError("nothing to analyse: give activations (a store) and/or pairs")
-    result = analyze(sae, store=store, pairs=pairs, cfg=cfg or AnalysisConfig(), progress=progress)
-    result.meta.update(meta)
-    table, csv = write_features(result, out)
-    summary = write_summary(result, out)
-    html = write_report(result, out, items, layer_sweep, alpha_sweep, title)
-    return ReportFiles(html, table, csv, summary, result)
+    return atomic_write_text(Path(out_dir) / "report.html", text, what="report")

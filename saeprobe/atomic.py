@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import tempfile
+from collections.abc import Iterator
 import json
 import os
 import secrets
@@ -23,6 +25,7 @@ from .errors import DiskFullError
 
 __all__ = [
     "TEMP_MARK",
+    "atomic_dir",
     "atomic_save_safetensors",
     "atomic_torch_save",
     "atomic_write",
@@ -36,6 +39,12 @@ __all__ = [
 
 #: marks temp files of :func:`atomic_write` (``.<name>.tmp<pid>-<token>``)
 TEMP_MARK = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -198,3 +207,43 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any, *, what: str = "checkpo
             torch.save(obj, f)
 
     return atomic_write(path, write, what=what)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, force: bool = False, what: str = "output folder") -> Iterator[Path]:
+    """Build a folder in a staging directory next to ``path``; publish it on success.
+
+    An existing ``path`` is refused unless ``force`` (then it is replaced, only once the
+    new one is complete). On any error the staging folder is removed and ``path`` is
+    untouched, so a full disk never leaves a half-written folder.
+
+    Yields
+    ------
+    Path
+        The staging folder to write into.
+    """
+    path = Path(path)
+    if path.exists() and not force and (not path.is_dir() or any(path.iterdir())):
+        from .errors import SaeprobeError
+
+        raise SaeprobeError(
+            f"{what} {path} already exists; pass --force to replace it or choose another --out"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent))
+    stage.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the usual mode
+    try:
+        yield stage
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}{TEMP_MARK}old-{secrets.token_hex(4)}")
+            os.replace(path, old)
+        os.replace(stage, path)
+        fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        if _is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(disk_full_message(path, None, what)) from exc
+        raise

@@ -53,7 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="data source of the store's items (for feature-card texts and thumbnails): anything "
         "saeprobe.data.open_source reads, or a .jsonl with id/text/image(path) per line",
     )
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (published when complete)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument("--batch-size", type=int, default=4096, help="tokens per store batch")
     p.add_argument("--max-tokens", type=int, default=None, help="stop the statistics pass early")
     p.add_argument(
@@ -147,7 +148,7 @@ def _items(spec: str | None, source=None):
 def run(args: argparse.Namespace) -> int:
     from analysis import AnalysisConfig, TagConfig, load_pairs
     from analysis.figures import load_sweep
-    from analysis.report import analyze_store
+    from analysis import analyze_store
     from saeprobe.cli import CLIError
 
     if not args.activations and not args.pairs:
@@ -207,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         title=args.title,
         progress=not args.no_progress,
         meta={"pairs": str(args.pairs)} if args.pairs else None,
+        force=args.force,
     )
     result = files.result
     share = result.tag_share
