@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import tempfile
-from collections.abc import Iterator
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +133,7 @@ def atomic_write(
     tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create files 0600
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException as exc:

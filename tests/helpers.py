@@ -88,6 +88,32 @@ def reference(ids=range(N_SAMPLES)):
     return {k: torch.cat([c[k] for c in chunk]) for k in chunk[0]}
 
 
+def tiny_store(path, n_samples=48, tokens=12, d=16, seed=4, fingerprint="fp-cli"):
+    """A finished bf16 store of sparse-dictionary activations (first token of each sample
+    SYSTEM); returns the number of non-SYSTEM tokens."""
+    from saeprobe import Modality
+    from saeprobe.store import ActivationStoreWriter
+
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(40, d, generator=g)
+    with ActivationStoreWriter(
+        path,
+        d=d,
+        dtype="bf16",
+        shard_tokens=100,
+        metadata={"model": "tiny", "hook_point": "final_norm"},
+        fingerprint=fingerprint,
+    ) as w:
+        for s in range(n_samples):
+            acts = (torch.rand(tokens, 40, generator=g).pow(10) * 3) @ D
+            mod = torch.full(
+                (tokens,), int(Modality.IMAGE if s % 2 else Modality.TEXT), dtype=torch.int8
+            )
+            mod[0] = int(Modality.SYSTEM)
+            w.add(acts, torch.full((tokens,), s), torch.arange(tokens), torch.arange(tokens), mod)
+    return n_samples * (tokens - 1)  # tokens without SYSTEM
+
+
 # ------------------------------------------------------------------ M-BEIR task folders
 _SK_IMAGES = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "moon", "checkerboard")
 

@@ -15,6 +15,7 @@ from saeprobe.errors import SaeprobeError
 
 COMMANDS = [
     "capture",
+    "store",
     "train",
     "eval_sae",
     "convert",

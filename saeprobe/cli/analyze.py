@@ -146,9 +146,8 @@ def _items(spec: str | None, source=None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis import AnalysisConfig, TagConfig, load_pairs
+    from analysis import AnalysisConfig, TagConfig, analyze_store, load_pairs
     from analysis.figures import load_sweep
-    from analysis import analyze_store
     from saeprobe.cli import CLIError
 
     if not args.activations and not args.pairs:

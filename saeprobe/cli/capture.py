@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     source, _ = preflight(cfg)
+    if not cfg.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     info = init_distributed()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and info.world_size > 1:

@@ -52,9 +52,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument(
         "--model-dtype",
-        default=None,
-        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)",
+        default="auto",
+        help="model dtype: auto (bf16 where the device runs it natively, else fp32), fp32, bf16, fp16",
     )
+    p.add_argument("--force", action="store_true", help="replace an existing results file")
     p.add_argument("--depth", type=int, default=100, help="neighbours retrieved per query")
 
 
@@ -89,7 +90,7 @@ def setup(args: argparse.Namespace):
 
     from saeprobe.cli import CLIError
     from saeprobe.data.mbeir import open_mbeir
-    from saeprobe.models import load_model, resolve_dtype
+    from saeprobe.models import load_model
     from saeprobe.retrieval import DEFAULT_CACHE, EmbeddingCache
 
     try:
@@ -102,17 +103,24 @@ def setup(args: argparse.Namespace):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and world > 1:
         device = f"cuda:{local}"
-    model_dtype = resolve_dtype(args.model_dtype) or (
-        torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    )
     if args.limit_queries is not None and args.limit_queries < 1:
         raise CLIError("--limit-queries must be >= 1")
     task = open_mbeir(
         args.data, task=args.task, limit_queries=args.limit_queries, limit_corpus=args.limit_corpus
     )
-    adapter = load_model(args.model, dtype=model_dtype, device=device)
+    adapter = load_model(args.model, dtype=args.model_dtype, device=device)
     cache_dir = None if str(args.cache).lower() == "none" else (args.cache or DEFAULT_CACHE)
     return adapter, task, EmbeddingCache(cache_dir), rank
+
+
+def check_out(path, force: bool) -> None:
+    """Refuse to overwrite a results file unless --force (checked before any work)."""
+    from pathlib import Path
+
+    from saeprobe.cli import CLIError
+
+    if path and Path(path).exists() and not force:
+        raise CLIError(f"{path} already exists; pass --force to replace it or choose another --out")
 
 
 def make_config(args: argparse.Namespace, methods: list[str]):
@@ -141,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         if m and canonical_method(m) not in methods:
             methods.append(canonical_method(m))
     config = make_config(args, methods)
+    check_out(args.out, args.force)
     adapter, task, cache, rank = setup(args)
     result = evaluate(adapter, task, config, cache=cache)
     if result is None:  # not rank 0

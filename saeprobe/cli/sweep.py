@@ -58,11 +58,12 @@ def _floats(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from saeprobe.cli import CLIError
-    from saeprobe.cli.retrieve import make_config, setup
+    from saeprobe.cli.retrieve import check_out, make_config, setup
     from saeprobe.retrieval import write_json
     from saeprobe.sweeps import alpha_sweep, layer_sweep, sweep_figure
     from saeprobe.whitening import canonical_method
 
+    check_out(args.out, args.force)
     if args.kind == "alpha":
         alphas = _floats(args.alphas)
         config = make_config(args, ["realign"])

@@ -64,8 +64,16 @@ class RetrievalConfig:
         if self.stats not in STATS_MODES:
             raise ValueError(f"unknown stats mode {self.stats!r}; choose one of {STATS_MODES}")
         if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha (ReAlign shrinkage) must lie in [0, 1], got {self.alpha}")
+        if self.eps < 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
         self.ks = [int(k) for k in self.ks]
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"recall cut-offs ks must be positive integers, got {self.ks}")
+        if self.depth < 1 or self.chunk_size < 1 or self.ndcg_k < 1:
+            raise ValueError("depth, chunk_size and ndcg_k must be >= 1")
         self.depth = max(self.depth, max(self.ks), self.ndcg_k)
 
     def to_dict(self) -> dict[str, Any]:

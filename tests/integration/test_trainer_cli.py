@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from saeprobe.cli import main
+from tests.helpers import tiny_store
 
 
 @pytest.fixture(autouse=True)
@@ -18,32 +19,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _store(path, n_samples=48, tokens=12, d=16):
-    from saeprobe import Modality
-    from saeprobe.store import ActivationStoreWriter
-
-    g = torch.Generator().manual_seed(4)
-    D = torch.randn(40, d, generator=g)
-    with ActivationStoreWriter(
-        path,
-        d=d,
-        dtype="bf16",
-        shard_tokens=100,
-        metadata={"model": "tiny", "hook_point": "final_norm"},
-        fingerprint="fp-cli",
-    ) as w:
-        for s in range(n_samples):
-            acts = (torch.rand(tokens, 40, generator=g).pow(10) * 3) @ D
-            mod = torch.full(
-                (tokens,), int(Modality.IMAGE if s % 2 else Modality.TEXT), dtype=torch.int8
-            )
-            mod[0] = int(Modality.SYSTEM)
-            w.add(acts, torch.full((tokens,), s), torch.arange(tokens), torch.arange(tokens), mod)
-    return n_samples * (tokens - 1)  # tokens without SYSTEM
-
-
 def test_train_cli_end_to_end_resume_and_errors(tmp_path, capsys):
-    n_tok = _store(tmp_path / "store")
+    n_tok = tiny_store(tmp_path / "store")
     out = tmp_path / "sae"
     argv = [
         "train",
