@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo lint format bench clean browser-deps
+.PHONY: install test test-avx2 test-fast demo lint format bench clean browser-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,8 +29,15 @@ browser-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "note: could not install Debian chromium; browser tests will be skipped"; }
 
+# the whole suite, then the float-tolerance tests again on a second CPU code path (AVX2 only,
+# one thread), so an AVX2-only CPU's numerics failures show on any machine
 test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-avx2
+
+test-avx2: $(STAMP)
+	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -m numerics tests/unit
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)

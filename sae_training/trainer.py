@@ -111,6 +111,10 @@ def build_sae(cfg: TrainConfig, d_in: int) -> Any:
         "use_pre_encoder_bias": bool(cfg.decoder_bias),
         "l1_coeff": float(cfg.l1_coeff or 0.0),
     }
+    known = {f.name for f in dataclasses.fields(SAEConfig)}
+    unknown = sorted(set(cfg.sae_kwargs) - known)
+    if unknown:
+        raise ValueError(f"sae_kwargs has unknown SAEConfig fields {unknown}; valid: {sorted(known)}")
     kwargs.update(cfg.sae_kwargs)
     torch.manual_seed(cfg.seed)
     sae = create_sae(SAEConfig(**kwargs))

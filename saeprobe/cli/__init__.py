@@ -33,12 +33,18 @@ class CLIError(SaeprobeError):
     """A user-facing error of the command line: printed as one line, exit code 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """Argument errors as one line (no usage block), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from saeprobe import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="saeprobe", description="Sparse-autoencoder probes for multimodal LLMs."
-    )
+    parser = Parser(prog="saeprobe", description="Sparse-autoencoder probes for multimodal LLMs.")
     parser.add_argument("--version", action="version", version=f"saeprobe {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

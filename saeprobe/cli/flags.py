@@ -66,10 +66,17 @@ def _parser_for(tp: Any) -> tuple[Callable[[str], Any], dict[str, Any]]:
         inner = args[0] if args else str
         return (lambda s, f=inner: [f(x) for x in s.split(",") if x.strip()]), {}
     if origin is dict or tp is dict:
-        return json.loads, {}
+        return _json_value, {}
     if tp in (int, float, str):
         return tp, {}
     return str, {}
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from None
 
 
 def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -30,6 +30,8 @@ from analysis import (
 from analysis.codes import decode
 from saeprobe._types import Modality
 
+pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
+
 T, IMG, TPL = int(Modality.TEXT), int(Modality.IMAGE), int(Modality.TEMPLATE)
 
 

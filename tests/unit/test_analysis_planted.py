@@ -9,6 +9,8 @@ import torch
 from analysis import AnalysisConfig, Pairs, analyze, similarity_decomposition
 from saeprobe.sae import SAEConfig, TopKSAE
 
+pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
+
 P, D_MODEL = 24, 64
 TEXTUAL = list(range(0, 8))
 VISUAL = list(range(8, 16))

@@ -111,7 +111,9 @@ def check(root: Path, doc: Path) -> list[str]:
                     f"{where}: {mod} (floor {src_floor}) imports {target} (floor {dst_floor})"
                 )
             if PEERS.get(top) == target.split(".")[0]:
-                problems.append(f"{where}: {top} imports {target} (the two never import each other)")
+                problems.append(
+                    f"{where}: {top} imports {target} (the two never import each other)"
+                )
             if top in PEERS and target.startswith("saeprobe"):
                 private = [p for p in target.split(".") if p.startswith("_")]
                 private += [n for n in names if n.startswith("_")]
@@ -162,7 +164,9 @@ def test_the_tree_follows_the_layer_rules():
 @pytest.fixture
 def tree(tmp_path):
     for pkg in PACKAGES:
-        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("static", "*.pyc"))
+        shutil.copytree(
+            ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("static", "*.pyc")
+        )
     (tmp_path / "docs").mkdir()
     shutil.copy(ROOT / "docs" / "architecture.md", tmp_path / "docs")
     return tmp_path
@@ -175,7 +179,9 @@ def _plant(tree: Path, rel: str, code: str) -> list[str]:
 
 
 def test_planted_upward_import_fails(tree):
-    got = _plant(tree, "saeprobe/store/reader.py", "def f():\n    from saeprobe.capture import capture\n")
+    got = _plant(
+        tree, "saeprobe/store/reader.py", "def f():\n    from saeprobe.capture import capture\n"
+    )
     assert any("saeprobe.store.reader (floor 1) imports saeprobe.capture" in p for p in got), got
 
 
@@ -187,7 +193,11 @@ def test_planted_cycle_fails(tree):
 
 
 def test_planted_peer_and_private_imports_fail(tree):
-    got = _plant(tree, "analysis/tags.py", "def f():\n    import sae_training\n    from saeprobe._types import Item\n")
+    got = _plant(
+        tree,
+        "analysis/tags.py",
+        "def f():\n    import sae_training\n    from saeprobe._types import Item\n",
+    )
     assert any("analysis imports sae_training" in p for p in got), got
     assert any("private saeprobe names ['_types']" in p for p in got), got
     got = _plant(tree, "sae_training/recipes.py", "from saeprobe.store.reader import _seed_of")

@@ -17,6 +17,8 @@ from saeprobe.ranking import (
     topk_search,
 )
 
+pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
+
 
 def _brute(q, c, k):
     s = q.double() @ c.double().T

@@ -24,6 +24,8 @@ from saeprobe.retrieval.embedding import _gather_parts
 from saeprobe.sweeps import sweep_figure
 from saeprobe.whitening import whiten_pair
 
+pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
+
 
 def _anisotropic_pairs(n=120, d=24, seed=0):
     """Matched query/candidate pairs whose content is drowned by a shared mean and

@@ -54,7 +54,9 @@ def overcomplete_topk():
 
 
 def _random_sae(arch, bias=True, pre=True, dtype="float32"):
-    k = K if arch in ("topk", "batchtopk") else None
+    from saeprobe.sae import SAE_REGISTRY
+
+    k = K if SAE_REGISTRY[arch].k_required else None
     cfg = SAEConfig(
         arch=arch,
         d_in=D,
@@ -72,8 +74,11 @@ def _random_sae(arch, bias=True, pre=True, dtype="float32"):
             sae.b_dec.normal_(0, 0.5)
         if arch == "jumprelu":
             sae.threshold.uniform_(0.0, 0.5)
-        if arch == "batchtopk":
+        if arch in ("batchtopk", "matryoshka_batchtopk"):
             sae.threshold.fill_(0.25)
+        if arch == "gated":
+            sae.b_mag.normal_(0, 0.3)
+            sae.r_mag.normal_(0, 0.3)
     return sae
 
 
@@ -86,6 +91,9 @@ def _random_sae(arch, bias=True, pre=True, dtype="float32"):
         ("jumprelu", True, True),
         ("standard", True, False),
         ("batchtopk", True, True),
+        ("matryoshka_batchtopk", True, True),
+        ("gated", True, True),
+        ("gated", True, False),
     ],
 )
 def test_save_loads_in_sae_lens_with_identical_codes(tmp_path, sae_lens, arch, bias, pre):
@@ -103,9 +111,11 @@ def test_save_loads_in_sae_lens_with_identical_codes(tmp_path, sae_lens, arch, b
     torch.testing.assert_close(back.encode(x), ours_z)
 
 
-@pytest.mark.parametrize("arch", ["topk", "jumprelu", "standard"])
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "standard", "gated"])
 def test_load_checkpoint_saved_by_sae_lens(tmp_path, sae_lens, arch):
     from sae_lens.saes import (
+        GatedSAE,
+        GatedSAEConfig,
         JumpReLUSAE,
         JumpReLUSAEConfig,
         StandardSAE,
@@ -119,6 +129,7 @@ def test_load_checkpoint_saved_by_sae_lens(tmp_path, sae_lens, arch):
         "topk": (TopKSAE, TopKSAEConfig(k=K, rescale_acts_by_decoder_norm=True, **kw)),
         "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig(**kw)),
         "standard": (StandardSAE, StandardSAEConfig(**kw)),
+        "gated": (GatedSAE, GatedSAEConfig(**kw)),
     }[arch]
     theirs = cls[0](cls[1])
     with torch.no_grad():
@@ -271,7 +282,9 @@ def test_unknown_layout_lists_what_was_found(tmp_path):
 def test_saved_files_are_the_sae_lens_layout(tmp_path):
     sae = _random_sae("topk", bias=False, pre=False)
     save_sae(sae, tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["cfg.json", "sae_weights.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "cfg.json", "sae_weights.safetensors"]
+    save_sae(sae, tmp_path / "bare", card=False)
+    assert sorted(os.listdir(tmp_path / "bare")) == ["cfg.json", "sae_weights.safetensors"]
     from safetensors.torch import load_file
 
     sd = load_file(tmp_path / "sae_weights.safetensors")

@@ -7,6 +7,8 @@ import torch
 
 from saeprobe.sae import SAEConfig, create_sae, kernels
 
+pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
+
 D, C, K, B = 16, 96, 6, 24
 
 

@@ -14,6 +14,8 @@ from saeprobe.sae import (
     geometric_median,
 )
 
+pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
+
 D, C, K = 12, 48, 5
 
 
@@ -24,14 +26,17 @@ def _make(arch: str, k: int | None = K, **kw):
         sae.b_enc.normal_(0, 0.3)
         if arch == "jumprelu":
             sae.threshold.uniform_(0.0, 0.4)
-        if arch == "batchtopk":
+        if arch in ("batchtopk", "matryoshka_batchtopk"):
             sae.threshold.fill_(0.2)
+        if arch == "gated":
+            sae.b_mag.normal_(0, 0.3)
+            sae.r_mag.normal_(0, 0.3)
     return sae
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shapes_and_consistency(arch):
-    k = K if arch in ("topk", "batchtopk") else None  # no k_max cap: exact sparse codes
+    k = K if SAE_REGISTRY[arch].k_required else None  # no k_max cap: exact sparse codes
     sae = _make(arch, k=k, use_decoder_bias=True, use_pre_encoder_bias=True)
     x = torch.randn(3, 7, D, dtype=torch.float64)
     z = sae.encode(x)
@@ -157,7 +162,7 @@ def test_config_json_round_trip_and_validation():
     with pytest.raises(ValueError, match="0 < k <= d_sae"):
         SAEConfig(d_in=4, d_sae=8, k=9)
     with pytest.raises(ValueError, match="unknown SAE arch"):
-        SAEConfig(arch="gated", d_in=4, d_sae=8)
+        SAEConfig(arch="no_such_arch", d_in=4, d_sae=8)
     assert set(SAE_REGISTRY) == set(ARCHS)
 
 

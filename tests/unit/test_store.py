@@ -325,6 +325,7 @@ def test_disk_full_keeps_store_intact(tmp_path, monkeypatch):
         add_samples(w, [39])
     # the manifest write fails too: the old manifest stays
     monkeypatch.undo()
+
     def no_space(path, text, what="file"):
         def fail(tmp):
             raise OSError(errno.ENOSPC, "x")

@@ -14,6 +14,8 @@ from sae_training.metrics import DeadLatentTracker, ReconstructionStats, fired_m
 from sae_training.sources import IterableSource, StoreSource, TensorSource, shard_rows
 from sae_training.trainer import BadDataError, LRSchedule, Trainer, train
 
+pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -66,7 +68,7 @@ def test_config_json_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown TrainConfig keys"):
         TrainConfig.from_dict({"arch": "topk", "widht": 3})
     with pytest.raises(ValueError, match="unknown arch"):
-        TrainConfig(arch="gated")
+        TrainConfig(arch="no_such_arch")
     with pytest.raises(ValueError, match="k=64 exceeds width"):
         TrainConfig(width=32, k=64)
 

@@ -17,6 +17,8 @@ from saeprobe.whitening import (
     whiten_pair,
 )
 
+pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
+
 
 def _embeddings(n=600, d=32, seed=0, mean_scale=2.0):
     """Unit rows with a common mean and low-rank structure (like MLLM embeddings)."""
