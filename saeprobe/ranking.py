@@ -16,6 +16,7 @@ Definitions (``indices [Q, K]`` = ranked candidate rows per query, best first):
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -125,6 +126,36 @@ def topk_search(
         ``scores [Q, k]`` (float32) and ``indices [Q, k]`` (int64) on the
         queries' original device, best first.
     """
+    k_eff = _check_search(queries, candidates, k, exclude_self)
+    out_device = queries.device
+    dev = _resolve_device(device, queries)
+    backend = _pick_backend(backend, dev, exclude_self)
+    if backend == "faiss":
+        res = _faiss_search(queries, candidates, k_eff)
+        _check_finite(res.scores)
+        return TopK(res.scores.to(out_device), res.indices.to(out_device))
+    cdtype = _compute_dtype(queries, candidates, dev)
+    candidates, blocks = _candidate_blocks(
+        candidates, dev, cdtype, chunk_size, queries.shape[0] > query_chunk_size
+    )
+    all_scores, all_idx = [], []
+    for qs in range(0, queries.shape[0], query_chunk_size):
+        q = queries[qs : qs + query_chunk_size].to(dev, cdtype, non_blocking=True)
+        best_s, best_i = _search_chunk(
+            q, qs, candidates, blocks, chunk_size, k_eff, dev, cdtype, exclude_self
+        )
+        all_scores.append(best_s.to(out_device))
+        all_idx.append(best_i.to(out_device))
+    scores = torch.cat(all_scores) if all_scores else torch.zeros((0, k_eff))
+    indices = torch.cat(all_idx) if all_idx else torch.zeros((0, k_eff), dtype=torch.long)
+    _check_finite(scores)
+    return TopK(scores, indices)
+
+
+def _check_search(
+    queries: torch.Tensor, candidates: torch.Tensor, k: int, exclude_self: bool
+) -> int:
+    """Validate the inputs; returns the number of neighbours actually kept."""
     if queries.ndim != 2 or candidates.ndim != 2:
         raise ValueError(
             f"topk_search wants 2-D queries [Q, D] and candidates [N, D], got shapes "
@@ -147,78 +178,76 @@ def topk_search(
     k_eff = min(k, n_c - 1 if exclude_self else n_c)
     if k_eff < 1:
         raise ValueError("exclude_self with a single candidate leaves nothing to rank")
-    out_device = queries.device
-    dev = _resolve_device(device, queries)
+    return k_eff
 
+
+def _pick_backend(backend: str, dev: torch.device, exclude_self: bool) -> str:
     if backend == "auto":
         backend = "torch"
-        if dev.type == "cpu" and not exclude_self:
-            try:
-                import faiss  # noqa: F401
-
-                backend = "faiss"
-            except ImportError:
-                pass
-    if backend == "faiss":
-        if exclude_self:
-            raise ValueError("backend='faiss' does not support exclude_self; use backend='torch'")
-        res = _faiss_search(queries, candidates, k_eff)
-        _check_finite(res.scores)
-        return TopK(res.scores.to(out_device), res.indices.to(out_device))
-    if backend != "torch":
+        if dev.type == "cpu" and not exclude_self and importlib.util.find_spec("faiss"):
+            backend = "faiss"
+    if backend == "faiss" and exclude_self:
+        raise ValueError("backend='faiss' does not support exclude_self; use backend='torch'")
+    if backend not in ("torch", "faiss"):
         raise ValueError(f"unknown backend {backend!r}; use 'torch', 'faiss' or 'auto'")
+    return backend
 
-    # half inputs on CPU: matmul in float32 (CPU half matmul is slow and not fp32-accumulated)
+
+def _compute_dtype(
+    queries: torch.Tensor, candidates: torch.Tensor, dev: torch.device
+) -> torch.dtype:
+    """Half inputs on CPU multiply in float32 (CPU half matmul is slow, not fp32-accumulated)."""
     cdtype = queries.dtype
     if dev.type == "cpu" and cdtype in (torch.float16, torch.bfloat16):
         cdtype = torch.float32
     if candidates.dtype != queries.dtype:
         cdtype = torch.promote_types(cdtype, candidates.dtype)
-    cand_on_dev = candidates.device == dev
-    if not cand_on_dev and dev.type == "cuda" and n_q > query_chunk_size:
-        # several query chunks would re-send every candidate block: move them once if they fit
+    return cdtype
+
+
+def _candidate_blocks(candidates, dev, cdtype, chunk_size, many_query_chunks):
+    """``(candidates, blocks)``: the blocks when they already sit on ``dev`` in ``cdtype``
+    (on CUDA, moved there once when several query chunks would re-send them and they fit),
+    else ``None`` (moved / cast block by block)."""
+    on_dev = candidates.device == dev
+    if not on_dev and dev.type == "cuda" and many_query_chunks:
         need = candidates.numel() * torch.empty((), dtype=cdtype).element_size()
         if need < 0.5 * torch.cuda.mem_get_info(dev)[0]:
             candidates = candidates.to(dev, cdtype)
-            cand_on_dev = True
-    if cand_on_dev and candidates.dtype == cdtype:
-        cand_blocks = [candidates[s : s + chunk_size] for s in range(0, n_c, chunk_size)]
-    else:
-        cand_blocks = None  # moved / cast block by block
+            on_dev = True
+    if on_dev and candidates.dtype == cdtype:
+        n_c = candidates.shape[0]
+        return candidates, [candidates[s : s + chunk_size] for s in range(0, n_c, chunk_size)]
+    return candidates, None
 
-    all_scores, all_idx = [], []
-    for qs in range(0, n_q, query_chunk_size):
-        q = queries[qs : qs + query_chunk_size].to(dev, cdtype, non_blocking=True)
-        nq = q.shape[0]
-        best_s = torch.full((nq, 0), float("-inf"), device=dev)
-        best_i = torch.zeros((nq, 0), dtype=torch.long, device=dev)
-        for bi, cs in enumerate(range(0, n_c, chunk_size)):
-            if cand_blocks is not None:
-                c = cand_blocks[bi]
-            else:
-                c = candidates[cs : cs + chunk_size].to(dev, cdtype, non_blocking=True)
-            s = _scores_fp32(q, c)
-            if exclude_self:
-                rows = torch.arange(nq, device=dev)
-                cols = rows + qs - cs
-                ok = (cols >= 0) & (cols < c.shape[0])
-                s[rows[ok], cols[ok]] = float("-inf")
-            kk = min(k_eff, s.shape[1])
-            cs_val, cs_idx = torch.topk(s, kk, dim=1)
-            cs_idx += cs
-            if best_s.shape[1] == 0:
-                best_s, best_i = cs_val, cs_idx
-            else:
-                merged_s = torch.cat([best_s, cs_val], dim=1)
-                merged_i = torch.cat([best_i, cs_idx], dim=1)
-                best_s, pos = torch.topk(merged_s, min(k_eff, merged_s.shape[1]), dim=1)
-                best_i = torch.gather(merged_i, 1, pos)
-        all_scores.append(best_s.to(out_device))
-        all_idx.append(best_i.to(out_device))
-    scores = torch.cat(all_scores) if all_scores else torch.zeros((0, k_eff))
-    indices = torch.cat(all_idx) if all_idx else torch.zeros((0, k_eff), dtype=torch.long)
-    _check_finite(scores)
-    return TopK(scores, indices)
+
+def _search_chunk(q, qs, candidates, blocks, chunk_size, k_eff, dev, cdtype, exclude_self):
+    """Top ``k_eff`` of one query chunk (rows ``qs..``) over all candidate blocks, merged
+    block by block: ``(scores [nq, k], indices [nq, k])`` on ``dev``."""
+    nq = q.shape[0]
+    best_s = torch.full((nq, 0), float("-inf"), device=dev)
+    best_i = torch.zeros((nq, 0), dtype=torch.long, device=dev)
+    for bi, cs in enumerate(range(0, candidates.shape[0], chunk_size)):
+        if blocks is not None:
+            c = blocks[bi]
+        else:
+            c = candidates[cs : cs + chunk_size].to(dev, cdtype, non_blocking=True)
+        s = _scores_fp32(q, c)
+        if exclude_self:
+            rows = torch.arange(nq, device=dev)
+            cols = rows + qs - cs
+            ok = (cols >= 0) & (cols < c.shape[0])
+            s[rows[ok], cols[ok]] = float("-inf")
+        cs_val, cs_idx = torch.topk(s, min(k_eff, s.shape[1]), dim=1)
+        cs_idx += cs
+        if best_s.shape[1] == 0:
+            best_s, best_i = cs_val, cs_idx
+            continue
+        merged_s = torch.cat([best_s, cs_val], dim=1)
+        merged_i = torch.cat([best_i, cs_idx], dim=1)
+        best_s, pos = torch.topk(merged_s, min(k_eff, merged_s.shape[1]), dim=1)
+        best_i = torch.gather(merged_i, 1, pos)
+    return best_s, best_i
 
 
 def _check_finite(scores: torch.Tensor) -> None:

@@ -107,5 +107,3 @@ def capture(
         bar.set_postfix(tokens=sum(p.n_tokens for p in parts), refresh=False)
     bar.close()
     return merge_batches(parts, time.perf_counter() - t0)
-
-

@@ -130,8 +130,6 @@ def capture_to_store(
     world_size: int | None = None,
 ) -> CaptureResult:
     """Capture ``items`` into activation stores under ``out`` (see :func:`saeprobe.capture.capture`)."""
-    from tqdm.auto import tqdm
-
     info = dist_info()
     rank = info.rank if rank is None else rank
     world = info.world_size if world_size is None else world_size
@@ -139,7 +137,6 @@ def capture_to_store(
     target = bridge if bridge is not None else adapter
     points = resolve_points(target, hook_points, tower)
     dirs = store_dirs(out, [p.name for p in points])
-    d = int(target.cfg.d_model) if is_bridge(target) else adapter.d_model_of(tower)
     store_dtype = dtype or adapter.dtype
     spec = canonical_spec(
         data_spec if data_spec is not None else getattr(items, "spec", repr(type(items)))
@@ -147,6 +144,7 @@ def capture_to_store(
     settings, fields, fp = _fingerprint(
         adapter, items, spec, total, model_name, pools, skip_system, tower, world
     )
+    d = int(target.cfg.d_model) if is_bridge(target) else adapter.d_model_of(tower)
     writers = {
         p.name: ActivationStoreWriter(
             dirs[p.name],
@@ -165,16 +163,13 @@ def capture_to_store(
     start = min(r[0] for w in writers.values() for r in w.wanted_ranges)
     if start > 0:
         logger.info("resuming capture into %s at sample %d", out, start)
-    done = all(w.finished for w in writers.values())
-    if done:
+    if all(w.finished for w in writers.values()):
         logger.info("store %s is already complete", out)
-    rank_items, first = ((), rank) if done else _rank_share(items, rank, world, start, batch_size, adapter)
+        rank_items, first = (), rank
+    else:
+        rank_items, first = _rank_share(items, rank, world, start, batch_size, adapter)
     t0 = time.perf_counter()
-    n_tokens, n_items = 0, 0
-    counts = torch.zeros(len(Modality), dtype=torch.long)
-    share = None if total is None else max(0, (total - rank + world - 1) // world)
-    bar = tqdm(total=share, unit="item", desc=f"capture r{rank}" if world > 1 else "capture", disable=not progress)
-    for cb in iter_captures(
+    stream = iter_captures(
         adapter,
         rank_items,
         list(dirs),
@@ -186,21 +181,39 @@ def capture_to_store(
         bridge=bridge,
         dtype=store_dtype,
         indices=range(first, 2**62, world),
-    ):
-        _check_tokens(cb)
-        for name, writer in writers.items():
-            writer.add(
-                cb.acts[name], cb.sample_id, cb.position, cb.token_id, cb.modality,
-                pooled=_pooled_for(cb, name), item_ids=cb.item_ids,
-            )  # fmt: skip
-        n_tokens += cb.n_tokens
-        n_items += len(cb.item_ids)
-        counts += torch.bincount(cb.modality.long().clamp_min(0), minlength=len(Modality))
-        bar.update(len(cb.item_ids))
-        bar.set_postfix(tokens=n_tokens, refresh=False)
-    bar.close()
+    )
+    share = None if total is None else max(0, (total - rank + world - 1) // world)
+    n_tokens, n_items, counts = _write_all(stream, writers, share, rank, world, progress)
+    return _finish(out, dirs, writers, rank, world, n_tokens, n_items, counts, start, t0)
+
+
+def _write_all(stream, writers, share, rank, world, progress) -> tuple[int, int, torch.Tensor]:
+    """Feed every captured batch to the writers (with a progress bar); close them."""
+    from tqdm.auto import tqdm
+
+    n_tokens, n_items = 0, 0
+    counts = torch.zeros(len(Modality), dtype=torch.long)
+    desc = f"capture r{rank}" if world > 1 else "capture"
+    with tqdm(total=share, unit="item", desc=desc, disable=not progress) as bar:
+        for cb in stream:
+            _check_tokens(cb)
+            for name, writer in writers.items():
+                writer.add(
+                    cb.acts[name], cb.sample_id, cb.position, cb.token_id, cb.modality,
+                    pooled=_pooled_for(cb, name), item_ids=cb.item_ids,
+                )  # fmt: skip
+            n_tokens += cb.n_tokens
+            n_items += len(cb.item_ids)
+            counts += torch.bincount(cb.modality.long().clamp_min(0), minlength=len(Modality))
+            bar.update(len(cb.item_ids))
+            bar.set_postfix(tokens=n_tokens, refresh=False)
     for writer in writers.values():
         writer.close()
+    return n_tokens, n_items, counts
+
+
+def _finish(out, dirs, writers, rank, world, n_tokens, n_items, counts, start, t0) -> CaptureResult:
+    """After every rank: merge the manifests and the pooled rows (rank 0); the result."""
     seconds = time.perf_counter() - t0
     barrier()
     if rank == 0:

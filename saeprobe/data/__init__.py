@@ -13,7 +13,6 @@ A ``"coco:"`` / ``"folder:"`` / ``"mbeir:"`` prefix, or a dict
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,24 +22,12 @@ from .coco import CocoCaptionSource
 from .folder import IMAGE_EXTENSIONS, ImageFolderSource
 
 _TYPES = ("coco", "folder", "mbeir")
-# entry points tried, in order, in saeprobe.data.mbeir
-_MBEIR_ENTRY_POINTS = ("open_mbeir", "MBEIRSource", "MbeirSource")
 
 
 def _open_mbeir(path: str, **kw: Any):
-    try:
-        mod = importlib.import_module("saeprobe.data.mbeir")
-    except ModuleNotFoundError as exc:
-        if exc.name != "saeprobe.data.mbeir":
-            raise
-        raise ValueError(
-            f"{path} looks like M-BEIR data but saeprobe.data.mbeir is not available"
-        ) from None
-    for name in _MBEIR_ENTRY_POINTS:
-        fn = getattr(mod, name, None)
-        if fn is not None:
-            return fn(path, **kw)
-    raise ValueError(f"saeprobe.data.mbeir has none of {list(_MBEIR_ENTRY_POINTS)}")
+    from .mbeir import open_mbeir  # pyarrow-heavy: loaded when an M-BEIR folder is opened
+
+    return open_mbeir(path, **kw)
 
 
 def _looks_like_mbeir(p: Path) -> bool:

@@ -1,11 +1,14 @@
-"""The read-only, streaming view of a finished activation store."""
+"""The read-only, streaming view of a finished activation store (one class, its batch order and
+the pooled-row readers it offers: kept in one file, ~500 lines)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,7 +31,8 @@ from .format import (
 )
 from .manifest import load_manifest
 
-__all__ = ["ActivationStore"]
+__all__ = ["ActivationStore", "pooled_keys", "read_pooled"]
+
 
 class ActivationStore:
     """Read-only view of a finished activation store.
@@ -117,7 +121,9 @@ class ActivationStore:
             from .format import file_checksum
 
             if file_checksum(f) != want:
-                raise CorruptShardError(f"shard {f}: content checksum mismatch (altered bytes); {hint}")
+                raise CorruptShardError(
+                    f"shard {f}: content checksum mismatch (altered bytes); {hint}"
+                )
         try:
             from safetensors import safe_open
 
@@ -141,49 +147,11 @@ class ActivationStore:
     @property
     def pooled_keys(self) -> list[str]:
         """Names of the per-sample pooled embeddings stored in the shards (v2 stores)."""
-        if not self.shards:
-            return []
-        from safetensors import safe_open
-
-        with safe_open(str(self.path / self.shards[0]["file"]), framework="pt") as sf:
-            return sorted(k[len(POOLED_PREFIX) :] for k in sf.keys() if k.startswith(POOLED_PREFIX))
+        return pooled_keys(self)
 
     def read_pooled(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
-        """Per-sample pooled embeddings of every shard, one row per sample (by sample id).
-
-        Returns
-        -------
-        (``{pool key: FloatTensor [S, d']}``, sample ids LongTensor [S], item ids list[str])
-        """
-        import json
-
-        keys = self.pooled_keys
-        if not keys:
-            raise StoreError(
-                f"store {self.path} holds no pooled embeddings (captured without pooling, or in "
-                "store format v1)"
-            )
-        from safetensors import safe_open
-
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-        sids, ids = [], []
-        for i in range(len(self.shards)):
-            t = self.read_shard(i, [POOLED_PREFIX + k for k in keys] + [POOLED_INDEX])
-            for k in keys:
-                parts[k].append(t[POOLED_PREFIX + k])
-            sids.append(t[POOLED_INDEX])
-            with safe_open(str(self.path / self.shards[i]["file"]), framework="pt") as sf:
-                head = json.loads(sf.metadata()["saeprobe"])
-            ids += head.get("item_ids") or [str(int(x)) for x in t[POOLED_INDEX]]
-        sid = torch.cat(sids)
-        order = torch.argsort(sid)
-        if sid.unique().numel() != sid.numel():
-            raise CorruptShardError(f"store {self.path}: a sample appears in two shards")
-        return (
-            {k: torch.cat(v)[order] for k, v in parts.items()},
-            sid[order],
-            [ids[j] for j in order.tolist()],
-        )
+        """Per-sample pooled rows, one per sample (see :func:`read_pooled`)."""
+        return read_pooled(self)
 
     def _count(self, index: int, kept: frozenset[int] | None) -> int:
         info = self.shards[index]
@@ -368,69 +336,78 @@ class ActivationStore:
             raise ValueError(f"shuffle_buffer_shards must be positive, got {shuffle_buffer_shards}")
         fields = _check_fields(fields)
         kept = modality_set(modalities, exclude)
-        load_fields = _with_modality(fields, kept)
         plan = self._plan(shuffle, seed, epoch, shuffle_buffer_shards, kept)
-        total = sum(size for _, size in plan)
-        mine = shard_indices(total, rank, world_size)
-        lo, hi = mine.start, mine.stop
-        nb = (hi - lo) // batch_size if drop_last else math.ceil((hi - lo) / batch_size)
-        start = lo + start_batch * batch_size
-        stop = min(hi, lo + nb * batch_size)
+        mine = shard_indices(sum(size for _, size in plan), rank, world_size)
+        lo = mine.start
+        nb = (
+            (mine.stop - lo) // batch_size
+            if drop_last
+            else math.ceil((mine.stop - lo) / batch_size)
+        )
+        start, stop = lo + start_batch * batch_size, min(mine.stop, lo + nb * batch_size)
         if start >= stop:
             return
-        todo = []  # windows overlapping [start, stop): (index, shards, size, first position)
-        offset = 0
-        for w_index, (window, size) in enumerate(plan):
-            if offset < stop and offset + size > start and size > 0:
-                todo.append((w_index, window, size, offset))
-            offset += size
+        todo = _windows_between(plan, start, stop)
 
         def load(job):
             w_index, window, size, _ = job
-            buf = self._load_window(window, size, fields, load_fields, kept)
+            buf = self._load_window(window, size, fields, _with_modality(fields, kept), kept)
             perm = None
             if shuffle:
                 g = torch.Generator().manual_seed(_seed_of(seed, epoch, w_index))
                 perm = torch.randperm(size, generator=g)
             return buf, perm
 
-        def loaded() -> Iterator[tuple[tuple, dict, torch.Tensor | None]]:
-            if not prefetch or len(todo) < 2:
-                for job in todo:
-                    yield (job, *load(job))
-                return
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch") as ex:
-                future = ex.submit(load, todo[0])
-                for j, job in enumerate(todo):
-                    buf, perm = future.result()
-                    future = ex.submit(load, todo[j + 1]) if j + 1 < len(todo) else None
-                    yield job, buf, perm
-                    del buf, perm
-
         carry: list[dict[str, torch.Tensor]] = []
-        for (_, _, size, w_lo), buf, perm in loaded():
+        for (_, _, size, w_lo), buf, perm in _loaded(todo, load, prefetch):
             if device is not None:
                 buf = {k: v.to(device) for k, v in buf.items()}
                 perm = perm.to(device) if perm is not None else None
-            a = max(start, w_lo)
-            b = min(stop, w_lo + size)
+            a, b = max(start, w_lo), min(stop, w_lo + size)
             while a < b:
-                # end of the batch that position a belongs to
-                batch_end = lo + ((a - lo) // batch_size + 1) * batch_size
+                batch_end = lo + ((a - lo) // batch_size + 1) * batch_size  # of position a
                 e = min(b, batch_end)
-                if perm is None:
-                    piece = {k: v[a - w_lo : e - w_lo].clone() for k, v in buf.items()}
-                else:
-                    idx = perm[a - w_lo : e - w_lo]
-                    piece = {k: v.index_select(0, idx) for k, v in buf.items()}
-                carry.append(piece)
+                carry.append(_take(buf, perm, a - w_lo, e - w_lo))
                 a = e
                 if e == batch_end or e == stop:
                     yield _to_batch(_cat(carry, fields, self.d, self.dtype), fields, dtype)
                     carry = []
             del buf, perm
+
+
+def _windows_between(plan, start: int, stop: int) -> list[tuple]:
+    """Windows overlapping stream positions ``[start, stop)``: ``(index, shards, size, first
+    position)``."""
+    todo, offset = [], 0
+    for w_index, (window, size) in enumerate(plan):
+        if offset < stop and offset + size > start and size > 0:
+            todo.append((w_index, window, size, offset))
+        offset += size
+    return todo
+
+
+def _loaded(todo: list, load, prefetch: bool) -> Iterator[tuple]:
+    """``(job, buffer, permutation)`` per window, the next one read in a background thread
+    while the current one is consumed when ``prefetch``."""
+    if not prefetch or len(todo) < 2:
+        for job in todo:
+            yield (job, *load(job))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch") as ex:
+        future = ex.submit(load, todo[0])
+        for j, job in enumerate(todo):
+            buf, perm = future.result()
+            future = ex.submit(load, todo[j + 1]) if j + 1 < len(todo) else None
+            yield job, buf, perm
+            del buf, perm
+
+
+def _take(buf: dict, perm: torch.Tensor | None, a: int, b: int) -> dict[str, torch.Tensor]:
+    """Rows ``a:b`` of a window (through its permutation when shuffled), as new tensors."""
+    if perm is None:
+        return {k: v[a:b].clone() for k, v in buf.items()}
+    idx = perm[a:b]
+    return {k: v.index_select(0, idx) for k, v in buf.items()}
 
 
 def _is_pooled_field(name: str) -> bool:
@@ -481,8 +458,52 @@ def _to_batch(t: dict[str, torch.Tensor], fields, dtype) -> ActivationBatch:
     return ActivationBatch(*(t.get(k) for k in FIELDS))
 
 
-
-
 def _seed_of(*parts: int) -> int:
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def pooled_keys(store: ActivationStore) -> list[str]:
+    """Names of the per-sample pooled embeddings stored in the shards (v2 stores)."""
+    if not store.shards:
+        return []
+    from safetensors import safe_open
+
+    with safe_open(str(store.path / store.shards[0]["file"]), framework="pt") as sf:
+        return sorted(k[len(POOLED_PREFIX) :] for k in sf.keys() if k.startswith(POOLED_PREFIX))
+
+
+def read_pooled(store: ActivationStore) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
+    """Per-sample pooled embeddings of every shard of ``store``, one row per sample (by id).
+
+    Returns
+    -------
+    (``{pool key: FloatTensor [S, d']}``, sample ids LongTensor [S], item ids list[str])
+    """
+    keys = pooled_keys(store)
+    if not keys:
+        raise StoreError(
+            f"store {store.path} holds no pooled embeddings (captured without pooling, or in "
+            "store format v1)"
+        )
+    from safetensors import safe_open
+
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    sids, ids = [], []
+    for i in range(len(store.shards)):
+        t = store.read_shard(i, [POOLED_PREFIX + k for k in keys] + [POOLED_INDEX])
+        for k in keys:
+            parts[k].append(t[POOLED_PREFIX + k])
+        sids.append(t[POOLED_INDEX])
+        with safe_open(str(store.path / store.shards[i]["file"]), framework="pt") as sf:
+            head = json.loads(sf.metadata()["saeprobe"])
+        ids += head.get("item_ids") or [str(int(x)) for x in t[POOLED_INDEX]]
+    sid = torch.cat(sids)
+    order = torch.argsort(sid)
+    if sid.unique().numel() != sid.numel():
+        raise CorruptShardError(f"store {store.path}: a sample appears in two shards")
+    return (
+        {k: torch.cat(v)[order] for k, v in parts.items()},
+        sid[order],
+        [ids[j] for j in order.tolist()],
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 from .format import CorruptShardError, StoreError
 from .manifest import load_manifest
 from .reader import ActivationStore
-from .writer import shard_damage
+from .shards import shard_damage
 
 __all__ = ["StoreReport", "verify_store"]
 

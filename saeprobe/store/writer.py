@@ -1,4 +1,5 @@
-"""The resumable, self-repairing writer of one rank's shards."""
+"""The resumable, self-repairing writer of one rank's shards (one state machine: kept in one
+file, ~500 lines; shard bytes and checks are in :mod:`.shards`)."""
 
 from __future__ import annotations
 
@@ -10,33 +11,29 @@ from pathlib import Path
 
 import torch
 
-from .._types import Modality
-from ..atomic import atomic_write, is_temp_file
+from ..atomic import atomic_write
 from .format import (
-    CHECKED_METADATA,
     DTYPES,
-    FIELDS,
     FORMAT,
-    LABEL_DTYPES,
-    POOLED_INDEX,
     POOLED_PREFIX,
-    READABLE_VERSIONS,
-    SHARD_RE,
     VERSION,
     CorruptShardError,
     StoreError,
     StoreMismatchError,
-    checksum,
     default_shard_tokens,
-    describe_differences,
     dtype_name,
-    file_checksum,
-    modality_counts,
     part_name,
-    shard_name,
     sum_counts,
 )
 from .manifest import now, read_manifest, write_manifest
+from .shards import (
+    manifest_differences,
+    owned,
+    remove_orphans,
+    serialise_shard,
+    shard_damage,
+    validate_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,28 +44,6 @@ def _write_file(path: Path, data: bytes) -> None:
     """The low-level write of a shard's bytes (patched in tests)."""
     with open(path, "wb") as f:
         f.write(data)
-
-
-def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` on the CPU in ``dtype``, never sharing memory with the caller's tensor."""
-    out = t.detach().to("cpu", dtype)
-    if out.numel() and out.data_ptr() == t.data_ptr():
-        out = out.clone()
-    return out
-
-
-def shard_damage(path: Path, info: dict) -> str | None:
-    """Why the listed shard ``info`` under ``path`` is unusable (None when it is intact)."""
-    f = path / info["file"]
-    if not f.exists():
-        return "missing"
-    size = f.stat().st_size
-    if size != info["bytes"]:
-        return f"{size} bytes instead of {info['bytes']}"
-    want = info.get("checksum")
-    if want and file_checksum(f) != want:
-        return "content checksum mismatch"
-    return None
 
 
 class ActivationStoreWriter:
@@ -253,26 +228,7 @@ class ActivationStoreWriter:
             raise StoreMismatchError(
                 f"{where} already exists and resume=False: --out a new folder or remove it"
             )
-        if m.get("format") != FORMAT or m.get("version") not in READABLE_VERSIONS:
-            raise StoreMismatchError(
-                f"{where} has format {m.get('format')} v{m.get('version')}; this saeprobe writes "
-                f"{FORMAT} v{VERSION}: --out a new folder"
-            )
-        diffs = []
-        for key in ("d", "dtype", "world_size", "shard_tokens", "version"):
-            if m.get(key) != mine[key]:
-                diffs.append(f"{key} {m.get(key)!r} (stored) vs {mine[key]!r} (given)")
-        if m.get("fingerprint") != mine["fingerprint"]:
-            old, new = m.get("fingerprint_fields"), mine["fingerprint_fields"]
-            if isinstance(old, dict) and isinstance(new, dict):
-                diffs += describe_differences(old, new) or ["fingerprint"]
-            else:
-                diffs.append(f"fingerprint {m.get('fingerprint')!r} (stored) vs {mine['fingerprint']!r}")
-        stored_meta = m.get("metadata", {})
-        for key in CHECKED_METADATA:
-            a, b = stored_meta.get(key), mine["metadata"].get(key)
-            if key in stored_meta and key in mine["metadata"] and a != b:
-                diffs.append(f"{key} {a!r} (stored) vs {b!r} (given)")
+        diffs = manifest_differences(m, mine)
         if diffs:
             raise StoreMismatchError(
                 f"{where} holds a capture with other settings: {'; '.join(diffs)}; resume it "
@@ -312,19 +268,8 @@ class ActivationStoreWriter:
 
     def _remove_orphans(self) -> None:
         """Delete this rank's shard files missing from the manifest, and its temp files."""
-        listed = {s["file"] for s in self._m["shards"]}
-        for f in self.path.iterdir():
-            name = f.name
-            if is_temp_file(f):
-                base = name[1:].split(".tmp", 1)[0]
-                m = SHARD_RE.match(base)
-                if base == self._manifest_path.name or (m and int(m.group(1)) == self.rank):
-                    f.unlink(missing_ok=True)
-                continue
-            m = SHARD_RE.match(name)
-            if m and int(m.group(1)) == self.rank and name not in listed:
-                logger.info("removing unlisted shard file %s", f)
-                f.unlink()
+        listed = {x["file"] for x in self._m["shards"]}
+        remove_orphans(self.path, self.rank, self._manifest_path.name, listed)
 
     def _refresh_totals(self) -> None:
         shards = self._m["shards"]
@@ -343,26 +288,6 @@ class ActivationStoreWriter:
                 "open a new ActivationStoreWriter to resume"
             )
 
-    def _labels(self, n: int, values: dict) -> dict[str, torch.Tensor]:
-        labels = {}
-        for name, value in values.items():
-            t = _owned(torch.as_tensor(value), LABEL_DTYPES[name]).reshape(-1)
-            if t.numel() != n:
-                raise ValueError(f"{name} has {t.numel()} entries but acts has {n} rows")
-            labels[name] = t
-        mod = labels["modality"]
-        if n and (int(mod.min()) < 0 or int(mod.max()) >= len(Modality)):
-            raise ValueError(
-                f"modality labels must be saeprobe.Modality values 0..{len(Modality) - 1}, got "
-                f"{int(mod.min())}..{int(mod.max())} (drop padding tokens before add)"
-            )
-        sid = labels["sample_id"]
-        if bool((sid[1:] < sid[:-1]).any()):
-            raise ValueError(
-                "sample_id must be non-decreasing within a call (group tokens by sample)"
-            )
-        return labels
-
     def _pooled_rows(
         self, n_samples: int, pooled: dict | None, item_ids: Sequence[str] | None
     ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -373,7 +298,7 @@ class ActivationStoreWriter:
             raise ValueError(f"pooled keys {keys} differ from earlier calls {self._pooled_keys}")
         rows = {}
         for k in keys:
-            t = _owned(torch.as_tensor(pooled[k]), torch.float32)
+            t = owned(torch.as_tensor(pooled[k]), torch.float32)
             if t.ndim != 2 or t.shape[0] != n_samples:
                 raise ValueError(
                     f"pooled[{k!r}] must be [{n_samples}, d] (one row per sample), got {tuple(t.shape)}"
@@ -417,16 +342,21 @@ class ActivationStoreWriter:
         acts = torch.as_tensor(acts)
         if acts.ndim != 2 or acts.shape[1] != self.d:
             raise ValueError(f"acts must have shape [N, {self.d}], got {tuple(acts.shape)}")
-        labels = self._labels(
+        labels = validate_labels(
             acts.shape[0],
-            {"sample_id": sample_id, "position": position, "token_id": token_id, "modality": modality},
+            {
+                "sample_id": sample_id,
+                "position": position,
+                "token_id": token_id,
+                "modality": modality,
+            },
         )
         if acts.shape[0] == 0:
             return
         sids, counts = torch.unique_consecutive(labels["sample_id"], return_counts=True)
         self._check_order(sids)
         rows, ids = self._pooled_rows(sids.numel(), pooled, item_ids)
-        acts = _owned(acts, self.dtype).contiguous()
+        acts = owned(acts, self.dtype).contiguous()
         start = 0
         try:
             for j, (sid, c) in enumerate(zip(sids.tolist(), counts.tolist(), strict=True)):
@@ -479,36 +409,7 @@ class ActivationStoreWriter:
             self._flush()
 
     def _serialise(self, samples: list[dict], index: int) -> tuple[bytes, dict]:
-        from safetensors.torch import save
-
-        tensors = {k: torch.cat([s[k] for s in samples]).contiguous() for k in FIELDS}
-        keys = [k for k in samples[0] if k.startswith(POOLED_PREFIX)]
-        sid = tensors["sample_id"]
-        for k in keys:
-            tensors[k] = torch.cat([s[k] for s in samples]).contiguous()
-        if keys:
-            tensors[POOLED_INDEX] = torch.tensor(
-                [int(s["sample_id"][0]) for s in samples], dtype=torch.int64
-            )
-        info = {
-            "file": shard_name(self.rank, index),
-            "rank": self.rank,
-            "index": index,
-            "n_tokens": int(sid.numel()),
-            "n_samples": len(samples),
-            "sample_start": int(sid[0]),
-            "sample_end": int(sid[-1]) + 1,
-            "modality_counts": modality_counts(tensors["modality"]),
-        }
-        ids = [s["_id"] for s in samples]
-        head = {"format": FORMAT, "version": VERSION, "dtype": self.dtype_name, **info}
-        if all(i is not None for i in ids):
-            head["item_ids"] = ids
-        # a single metadata key: safetensors writes the metadata map in hash order
-        data = save(tensors, metadata={"saeprobe": json.dumps(head, sort_keys=True)})
-        info["bytes"] = len(data)
-        info["checksum"] = checksum(data)
-        return data, info
+        return serialise_shard(samples, self.rank, index, self.dtype_name)
 
     def _write(self, data: bytes, info: dict) -> None:
         target = self.path / info["file"]
