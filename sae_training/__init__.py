@@ -14,10 +14,10 @@ from .recipes import RECIPES, apply_recipe
 
 _LAZY = {
     "Trainer": "sae_training.trainer",
-    "TrainResult": "sae_training.trainer",
+    "TrainResult": "sae_training.result",
     "BadDataError": "sae_training.trainer",
     "LRSchedule": "sae_training.trainer",
-    "build_sae": "sae_training.trainer",
+    "build_sae": "sae_training.init",
     "train": "sae_training.trainer",
     "ActivationSource": "sae_training.sources",
     "StoreSource": "sae_training.sources",

@@ -43,9 +43,7 @@ class BadBatchPolicy:
         """Record a skipped batch (``where`` names it in the log)."""
         self.total += 1
         self.consecutive += 1
-        logger.warning(
-            "skipping %s: NaN/Inf in the activations (%d bad so far)", where, self.total
-        )
+        logger.warning("skipping %s: NaN/Inf in the activations (%d bad so far)", where, self.total)
         if self.consecutive > self.max_consecutive:
             raise BadDataError(
                 f"{self.consecutive} consecutive batches had NaN/Inf activations (limit "

@@ -10,7 +10,14 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["all_reduce", "broadcast_", "gather_rows", "reduce_grads", "world"]
+__all__ = [
+    "all_reduce",
+    "broadcast_",
+    "gather_rows",
+    "next_global_batch",
+    "reduce_grads",
+    "world",
+]
 
 
 def world() -> tuple[int, int]:
@@ -65,3 +72,30 @@ def reduce_grads(params: Sequence[torch.nn.Parameter], weight: float) -> None:
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
+
+
+def next_global_batch(
+    it, d_in: int, device: torch.device, world_size: int
+) -> tuple[torch.Tensor | None, int, bool]:
+    """This rank's next batch (on ``device``, float32), the global token count and whether any
+    rank saw NaN / Inf; ``(None, 0, False)`` once any rank has run out of data."""
+    x = next(it, None)
+    if x is not None:
+        if x.ndim != 2 or x.shape[1] != d_in:
+            raise ValueError(
+                f"dimension mismatch: a batch has shape {tuple(x.shape)} but the SAE expects "
+                f"[B, {d_in}]; check the data source and d_in"
+            )
+        x = x.to(device, non_blocking=True).float()
+    n = 0 if x is None else x.shape[0]
+    bad = x is not None and n > 0 and not bool(torch.isfinite(x).all())
+    if world_size > 1:
+        dev = device if device.type == "cuda" else "cpu"
+        flags = torch.tensor([int(x is not None), n, int(bad)], dtype=torch.long, device=dev)
+        all_reduce(flags)
+        if int(flags[0]) < world_size:
+            return None, 0, False
+        return x, int(flags[1]), bool(flags[2])
+    if x is None:
+        return None, 0, False
+    return x, n, bad

@@ -8,6 +8,11 @@ run:
 
 ``loss_recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)`` (1 = as good as clean,
 0 = as bad as zeroing the hidden state), and ``KL(clean || spliced)`` per position.
+
+Both :func:`evaluate_splice` and :func:`evaluate_reconstruction` (stored activations, no
+model) also report the field's metrics under SAEBench's names
+(:mod:`saeprobe.sae.metrics`: ``explained_variance``, ``l0``, ``frac_alive``, ``ce_loss_score``,
+``kl_div_score``, ...) and the feature density histogram.
 """
 
 from __future__ import annotations
@@ -15,17 +20,24 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from saeprobe import Item, Modality
+from saeprobe.sae.metrics import (
+    SAEMetrics,
+    ce_loss_score,
+    feature_density_histogram,
+    kl_div_score,
+    saebench_nested,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SpliceResult", "evaluate_splice"]
+__all__ = ["ReconstructionResult", "SpliceResult", "evaluate_reconstruction", "evaluate_splice"]
 
 
 @dataclass
@@ -46,6 +58,12 @@ class SpliceResult:
         ``(ce_zero - ce_sae) / (ce_zero - ce_clean)``.
     fvu : float
         Reconstruction FVU (per-dimension means) on the spliced tokens.
+    metrics : dict
+        Flat SAEBench-named metrics: the CE / KL ones (``ce_loss_score`` = ``loss_recovered``,
+        ``ce_loss_with_sae``, ``kl_div_score``, ...) and the reconstruction, sparsity and
+        density ones of the spliced tokens (``explained_variance``, ``l0``, ``frac_alive``, ...).
+    density_histogram : dict
+        :func:`saeprobe.sae.metrics.feature_density_histogram` of the spliced tokens' codes.
     """
 
     hook_point: str
@@ -58,16 +76,62 @@ class SpliceResult:
     kl_zero: float
     loss_recovered: float
     fvu: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    density_histogram: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def saebench(self) -> dict[str, dict[str, Any]]:
+        """The metrics grouped into SAEBench's ``core`` categories."""
+        return saebench_nested(self.metrics)
+
     def summary(self) -> str:
+        m = self.metrics
+        extra = (
+            f"  explained variance {m['explained_variance']:.4f}  L0 {m['l0']:.1f}  dead "
+            f"{m['dead_fraction']:.3f}"
+            if "l0" in m
+            else ""
+        )
         return (
             f"{self.hook_point}: loss recovered {self.loss_recovered:.4f}  CE clean "
             f"{self.ce_clean:.4f} / SAE {self.ce_sae:.4f} / zero {self.ce_zero:.4f}  KL SAE "
-            f"{self.kl_sae:.4f} / zero {self.kl_zero:.4f}  FVU {self.fvu:.4f}  "
+            f"{self.kl_sae:.4f} / zero {self.kl_zero:.4f}  FVU {self.fvu:.4f}{extra}  "
             f"({self.n_tokens} tokens, {self.n_items} items)"
+        )
+
+
+@dataclass
+class ReconstructionResult:
+    """Reconstruction, sparsity and density metrics of an SAE on stored activations.
+
+    Attributes
+    ----------
+    n_tokens : int
+    metrics : dict
+        Flat SAEBench-named metrics (``explained_variance``, ``fvu``, ``mse``, ``cossim``,
+        ``l0``, ``l1``, ``frac_alive``, ``dead_fraction``, ``dense_fraction``, ...).
+    density_histogram : dict
+        :func:`saeprobe.sae.metrics.feature_density_histogram`.
+    """
+
+    n_tokens: int
+    metrics: dict[str, Any]
+    density_histogram: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def saebench(self) -> dict[str, dict[str, Any]]:
+        return saebench_nested(self.metrics)
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (
+            f"explained variance {m['explained_variance']:.4f}  FVU {m['fvu']:.4f}  L0 "
+            f"{m['l0']:.2f}  dead {m['dead_fraction']:.3f}  dense {m['dense_fraction']:.3f}  "
+            f"({self.n_tokens} tokens)"
         )
 
 
@@ -113,6 +177,7 @@ def _splice_fn(sae: Any, splice: torch.Tensor, state: dict[str, Any]):
         x = h[m].float()
         x_hat = sae(x)
         state["x"], state["x_hat"] = x, x_hat
+        state["codes"] = sae.encode_sparse(x)
         out[m] = x_hat.to(h.dtype)
         return out
 
@@ -173,9 +238,7 @@ def evaluate_splice(
     sums = dict.fromkeys(("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero"), 0.0)
     n_tok = 0
     n_items = 0
-    sse = 0.0
-    sum_x = sum_x2 = None
-    n_x = 0
+    recon = SAEMetrics(int(sae.cfg.d_sae))
     total = None if limit is None else math.ceil(limit / batch_size)
     for chunk in tqdm(
         _batched(items, batch_size, limit),
@@ -196,36 +259,60 @@ def evaluate_splice(
                 adapter, [point], stop_early=False, edit={point.name: fn}, record=False
             ):
                 logits[name] = _run_lm(model, batch.inputs)
-        ids = batch.input_ids
-        target_ok = mask[:, 1:] & torch.isin(batch.modality[:, 1:].long(), labels_set)
-        sel = mask[:, :-1] & target_ok
-        targets = ids[:, 1:][sel]
-        logp = {k: F.log_softmax(v[:, :-1][sel].float(), dim=-1) for k, v in logits.items()}
-        for k in ("clean", "sae", "zero"):
-            sums[f"ce_{k}"] += float(F.nll_loss(logp[k], targets, reduction="sum"))
-        p_clean = logp["clean"].exp()
-        for k in ("sae", "zero"):
-            sums[f"kl_{k}"] += float((p_clean * (logp["clean"] - logp[k])).sum())
-        n_tok += int(sel.sum())
+        n_tok += _score(batch, mask, logits, labels_set, sums)
         n_items += len(chunk)
         if "x" in state:
-            x, x_hat = state["x"].double(), state["x_hat"].double()
-            sse += float((x - x_hat).pow(2).sum())
-            sum_x = x.sum(0) if sum_x is None else sum_x + x.sum(0)
-            sum_x2 = x.pow(2).sum(0) if sum_x2 is None else sum_x2 + x.pow(2).sum(0)
-            n_x += x.shape[0]
+            recon.update(state["x"], state["x_hat"], *state["codes"])
     if n_tok == 0:
         raise ValueError(
             "no scored tokens: the items have no attended text/template positions to predict "
             "(pass text items or widen label_modalities)"
         )
-    means = {k: v / n_tok for k, v in sums.items()}
-    denom = means["ce_zero"] - means["ce_clean"]
-    recovered = (means["ce_zero"] - means["ce_sae"]) / denom if abs(denom) > 1e-12 else float("nan")
-    var = float((sum_x2 - sum_x.pow(2) / n_x).sum()) if n_x else float("nan")
-    fvu = sse / var if n_x and var > 0 else float("nan")
+    return _splice_result(
+        point.name, n_items, n_tok, {k: v / n_tok for k, v in sums.items()}, recon
+    )
+
+
+def _score(
+    batch: Any,
+    mask: torch.Tensor,
+    logits: dict[str, torch.Tensor],
+    labels_set: torch.Tensor,
+    sums: dict[str, float],
+) -> int:
+    """Add the batch's summed next-token CE (clean / sae / zero) and ``KL(clean || .)`` over
+    the scored positions to ``sums``; returns the number of scored positions."""
+    target_ok = mask[:, 1:] & torch.isin(batch.modality[:, 1:].long(), labels_set)
+    sel = mask[:, :-1] & target_ok
+    targets = batch.input_ids[:, 1:][sel]
+    logp = {k: F.log_softmax(v[:, :-1][sel].float(), dim=-1) for k, v in logits.items()}
+    for k in ("clean", "sae", "zero"):
+        sums[f"ce_{k}"] += float(F.nll_loss(logp[k], targets, reduction="sum"))
+    p_clean = logp["clean"].exp()
+    for k in ("sae", "zero"):
+        sums[f"kl_{k}"] += float((p_clean * (logp["clean"] - logp[k])).sum())
+    return int(sel.sum())
+
+
+def _splice_result(
+    hook: str, n_items: int, n_tok: int, means: dict[str, float], recon: SAEMetrics
+) -> SpliceResult:
+    recovered = ce_loss_score(means["ce_clean"], means["ce_sae"], means["ce_zero"])
+    metrics = dict(recon.compute())
+    metrics.update(
+        {
+            "ce_loss_score": recovered,
+            "ce_loss_with_ablation": means["ce_zero"],
+            "ce_loss_with_sae": means["ce_sae"],
+            "ce_loss_without_sae": means["ce_clean"],
+            "kl_div_score": kl_div_score(means["kl_sae"], means["kl_zero"]),
+            "kl_div_with_ablation": means["kl_zero"],
+            "kl_div_with_sae": means["kl_sae"],
+            "n_scored_positions": n_tok,
+        }
+    )
     return SpliceResult(
-        point.name,
+        hook,
         n_items,
         n_tok,
         means["ce_clean"],
@@ -234,5 +321,75 @@ def evaluate_splice(
         means["kl_sae"],
         means["kl_zero"],
         recovered,
-        fvu,
+        metrics.get("fvu", float("nan")),
+        metrics,
+        feature_density_histogram(recon.density()) if recon.n else {},
     )
+
+
+@torch.no_grad()
+def evaluate_reconstruction(
+    sae: Any,
+    data: Any,
+    *,
+    batch_size: int = 4096,
+    max_tokens: int | None = None,
+    drop_system: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> ReconstructionResult:
+    """SAEBench-named reconstruction, sparsity and density metrics on stored activations.
+
+    Parameters
+    ----------
+    sae : SAE
+    data : str | Path | ActivationStore | Tensor [N, d] | iterable of Tensor [B, d]
+        An activation store (read in stored order; SYSTEM tokens dropped when
+        ``drop_system``), an in-memory tensor or batches.
+    max_tokens : int, optional
+        Stop after this many tokens (the first ones of the store).
+
+    Returns
+    -------
+    ReconstructionResult
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if device is not None else next(sae.parameters()).device
+    sae = sae.to(device).eval()
+    metrics = SAEMetrics(int(sae.cfg.d_sae))
+    for x in tqdm(_token_batches(data, batch_size, drop_system), disable=not progress,
+                  desc="eval-sae reconstruction", unit="batch"):  # fmt: skip
+        if max_tokens is not None:
+            x = x[: max(0, max_tokens - metrics.n)]
+        if x.shape[0] == 0:
+            break
+        if x.shape[-1] != sae.cfg.d_in:
+            raise ValueError(
+                f"the activations have d={x.shape[-1]} but the SAE expects d_in={sae.cfg.d_in}: "
+                "use the SAE trained on this model and hook point"
+            )
+        x = x.to(device).float()
+        metrics.update(x, sae(x), *sae.encode_sparse(x))
+    if metrics.n == 0:
+        raise ValueError("no activations to evaluate: the store or tensor is empty")
+    return ReconstructionResult(
+        metrics.n, metrics.compute(), feature_density_histogram(metrics.density())
+    )
+
+
+def _token_batches(data: Any, batch_size: int, drop_system: bool) -> Iterable[torch.Tensor]:
+    import os
+
+    if isinstance(data, torch.Tensor):
+        yield from data.reshape(-1, data.shape[-1]).split(batch_size)
+        return
+    if isinstance(data, (str, os.PathLike)) or hasattr(data, "batches"):
+        from saeprobe.store import ActivationStore
+
+        store = data if hasattr(data, "batches") else ActivationStore(data)
+        exclude = ["system"] if drop_system else None
+        for b in store.batches(batch_size, shuffle=False, fields=("acts",), exclude=exclude):
+            yield b.acts
+        return
+    yield from data

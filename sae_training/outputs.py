@@ -26,6 +26,7 @@ __all__ = [
     "ResumeMismatchError",
     "check_resume",
     "prepare_out_dir",
+    "save_final",
     "write_summary",
 ]
 
@@ -72,11 +73,17 @@ def prepare_out_dir(out_dir: Path, *, resume: bool, force: bool) -> None:
     if resume and force:
         raise ValueError("--resume continues the run in the folder, --force replaces it: pick one")
     ckpts = list_checkpoints(out_dir)
-    finished = (out_dir / "training.json").is_file() or (out_dir / "sae_weights.safetensors").is_file()
+    finished = (out_dir / "training.json").is_file() or (
+        out_dir / "sae_weights.safetensors"
+    ).is_file()
     if resume or not (ckpts or finished):
         return
     if not force:
-        what = "a trained SAE (training.json)" if finished else f"{len(ckpts)} checkpoints of an unfinished run"
+        what = (
+            "a trained SAE (training.json)"
+            if finished
+            else f"{len(ckpts)} checkpoints of an unfinished run"
+        )
         raise OutputExistsError(
             f"{out_dir} already holds {what}; pass --resume to continue it or --force to "
             "replace it (or --out a new folder)"
@@ -111,14 +118,63 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> 
             if a is not None and b is not None and a != b:
                 diffs.append(f"data {key} {a!r} (checkpoint) vs {b!r} (now)")
         if _path_of(old_data) != _path_of(new_data) and not (
-            old_data.get("fingerprint") and old_data.get("fingerprint") == new_data.get("fingerprint")
+            old_data.get("fingerprint")
+            and old_data.get("fingerprint") == new_data.get("fingerprint")
         ):
-            diffs.append(f"data path {_path_of(old_data)!r} (checkpoint) vs {_path_of(new_data)!r} (now)")
+            diffs.append(
+                f"data path {_path_of(old_data)!r} (checkpoint) vs {_path_of(new_data)!r} (now)"
+            )
     if diffs:
         raise ResumeMismatchError(
             f"cannot resume from {path}: {'; '.join(diffs)}; resume with the original settings, "
             "or start over with --force / a new --out"
         )
+
+
+def save_final(
+    out_dir: Path,
+    sae: Any,
+    cfg: Any,
+    source_info: dict[str, Any],
+    metadata: dict[str, Any],
+    metrics: dict[str, Any],
+    *,
+    steps: int,
+    tokens: int,
+    seconds: float,
+    bad_batches: int,
+    resumed_from: Path | None,
+) -> None:
+    """Save the trained SAE (its metadata records the run: source, steps, tokens, metrics) and
+    ``training.json``."""
+    meta = dict(metadata)
+    meta.setdefault("model_name", source_info.get("model"))
+    meta.setdefault("hook_point", source_info.get("hook_point"))
+    meta["training"] = {
+        "recipe": cfg.recipe,
+        "source": source_info,
+        "store_fingerprint": source_info.get("fingerprint"),
+        "steps": steps,
+        "tokens": tokens,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+    sae_cfg = getattr(sae, "cfg", None)
+    if sae_cfg is not None and isinstance(getattr(sae_cfg, "metadata", None), dict):
+        sae_cfg.metadata.update({k: v for k, v in meta.items() if v is not None})
+    sae.save(out_dir)
+    write_summary(
+        out_dir,
+        {
+            "config": cfg.to_dict(),
+            "metadata": meta,
+            "metrics": metrics,
+            "steps": steps,
+            "tokens": tokens,
+            "seconds": seconds,
+            "bad_batches": bad_batches,
+            "resumed_from": str(resumed_from) if resumed_from else None,
+        },
+    )
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:

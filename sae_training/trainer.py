@@ -1,4 +1,6 @@
-"""The SAE training loop: single process or DDP, checkpointed, resumable.
+"""The SAE training loop: single process or DDP, checkpointed, resumable (one class, its state,
+step and loop: kept in one file, ~490 lines; collectives, bad batches, schedule, outputs and
+initialisation live in their own modules).
 
 One step::
 
@@ -18,17 +20,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from saeprobe import dtypes
-from saeprobe.distributed import dist_info
-from saeprobe.sae import SAE_REGISTRY, SAEConfig, create_sae
 
 from . import collectives
 from .bad_batches import BadBatchPolicy, BadDataError
@@ -40,93 +38,18 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
+from .init import build_sae, resolve_device
 from .metrics import DeadLatentTracker, MetricsLogger, ReconstructionStats, fired_mask
-from .outputs import check_resume, prepare_out_dir, write_summary
+from .outputs import check_resume, prepare_out_dir, save_final
 from .prefetch import prefetch
 from .recipes import apply_recipe, resolve_decay_steps, resolve_k_aux
+from .result import TrainResult
 from .schedule import LRSchedule
 from .sources import ActivationSource, as_source
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BadDataError", "LRSchedule", "TrainResult", "Trainer", "build_sae", "train"]
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns.
-
-    Attributes
-    ----------
-    sae : nn.Module
-        The trained SAE (on the training device).
-    metrics : dict
-        Final reconstruction metrics over the last logging window (mse, fvu, r2, l0,
-        dead, tokens_per_s, ...).
-    step, tokens : int
-        Optimizer steps taken and tokens consumed (all ranks).
-    bad_batches : int
-        Batches skipped for NaN / Inf.
-    out_dir : Path | None
-    history : list[dict]
-        Every logged record.
-    """
-
-    sae: Any
-    metrics: dict[str, Any]
-    step: int
-    tokens: int
-    bad_batches: int = 0
-    out_dir: Path | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name in ("auto", None, "cuda") and torch.cuda.is_available():
-        info = dist_info()
-        return torch.device(f"cuda:{info.local_rank}" if info.world_size > 1 else "cuda")
-    if name in ("auto", None):
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return dev
-
-
-def build_sae(cfg: TrainConfig, d_in: int) -> Any:
-    """A fresh SAE for ``cfg``, seeded with ``cfg.seed``.
-
-    ``topk`` / ``batchtopk`` get ``k = cfg.k``; ``jumprelu`` / ``standard`` get no cap on
-    their sparse codes (pass ``sae_kwargs={"k": ...}`` for one). The encoder is the decoder
-    transpose when ``cfg.init_encoder_from_decoder`` (default recipe), else an independent
-    ``nn.Linear``-style init (the paper's code).
-    """
-    kwargs: dict[str, Any] = {
-        "arch": cfg.arch,
-        "d_in": d_in,
-        "d_sae": cfg.width,
-        "k": cfg.k if SAE_REGISTRY[cfg.arch].k_required else None,
-        "use_decoder_bias": bool(cfg.decoder_bias),
-        "use_pre_encoder_bias": bool(cfg.decoder_bias),
-        "l1_coeff": float(cfg.l1_coeff or 0.0),
-    }
-    known = {f.name for f in dataclasses.fields(SAEConfig)}
-    unknown = sorted(set(cfg.sae_kwargs) - known)
-    if unknown:
-        raise ValueError(f"sae_kwargs has unknown SAEConfig fields {unknown}; valid: {sorted(known)}")
-    kwargs.update(cfg.sae_kwargs)
-    torch.manual_seed(cfg.seed)
-    sae = create_sae(SAEConfig(**kwargs))
-    with torch.no_grad():
-        if cfg.init_encoder_from_decoder:
-            # dense-code archs start sparse: a full-size tied encoder makes half the
-            # latents fire at init (reconstructions ~ sqrt(c) too large)
-            scale = 1.0 if SAE_REGISTRY[cfg.arch].k_required else 0.1
-            sae.W_enc.copy_(sae.W_dec * scale)
-        else:
-            torch.nn.init.kaiming_uniform_(sae.W_enc, a=math.sqrt(5))
-    return sae
 
 
 class Trainer:
@@ -172,7 +95,7 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.rank, self.world = collectives.world()
         self.main = self.rank == 0
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.compute_dtype = self._compute_dtype()
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
         if self.main and self.out_dir is not None:
@@ -417,29 +340,7 @@ class Trainer:
 
     # ----- the loop -------------------------------------------------------------------
     def _next_global(self, it) -> tuple[torch.Tensor | None, int, bool]:
-        """Next local batch, the global token count and whether any rank saw NaN/Inf.
-
-        Returns ``(None, 0, False)`` when any rank has run out of data (epoch end)."""
-        x = next(it, None)
-        if x is not None:
-            if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
-                raise ValueError(
-                    f"dimension mismatch: a batch has shape {tuple(x.shape)} but the SAE expects "
-                    f"[B, {self.cfg.d_in}]; check the data source and d_in"
-                )
-            x = x.to(self.device, non_blocking=True).float()
-        n = 0 if x is None else x.shape[0]
-        bad = x is not None and n > 0 and not bool(torch.isfinite(x).all())
-        if self.world > 1:
-            dev = self.device if self.device.type == "cuda" else "cpu"
-            flags = torch.tensor([int(x is not None), n, int(bad)], dtype=torch.long, device=dev)
-            collectives.all_reduce(flags)
-            if int(flags[0]) < self.world:
-                return None, 0, False
-            return x, int(flags[1]), bool(flags[2])
-        if x is None:
-            return None, 0, False
-        return x, n, bad
+        return collectives.next_global_batch(it, self.cfg.d_in, self.device, self.world)
 
     def _done(self) -> bool:
         if self.cfg.total_tokens is not None:
@@ -556,34 +457,18 @@ class Trainer:
         )
 
     def _save_final(self, metrics: dict[str, Any], seconds: float) -> None:
-        info = self.source.describe()
-        meta = dict(self.metadata)
-        meta.setdefault("model_name", info.get("model"))
-        meta.setdefault("hook_point", info.get("hook_point"))
-        meta["training"] = {
-            "recipe": self.cfg.recipe,
-            "source": info,
-            "store_fingerprint": info.get("fingerprint"),
-            "steps": self.step,
-            "tokens": self.tokens,
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        }
-        sae_cfg = getattr(self.sae, "cfg", None)
-        if sae_cfg is not None and isinstance(getattr(sae_cfg, "metadata", None), dict):
-            sae_cfg.metadata.update({k: v for k, v in meta.items() if v is not None})
-        self.sae.save(self.out_dir)
-        write_summary(
+        save_final(
             self.out_dir,
-            {
-                "config": self.cfg.to_dict(),
-                "metadata": meta,
-                "metrics": metrics,
-                "steps": self.step,
-                "tokens": self.tokens,
-                "seconds": seconds,
-                "bad_batches": self.bad.total,
-                "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-            },
+            self.sae,
+            self.cfg,
+            self.source.describe(),
+            self.metadata,
+            metrics,
+            steps=self.step,
+            tokens=self.tokens,
+            seconds=seconds,
+            bad_batches=self.bad.total,
+            resumed_from=self.resumed_from,
         )
 
 
