@@ -31,3 +31,12 @@ def tiny_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_models")
     return lambda family: tiny_model(family, root)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (forked / spawned children, exact timings)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

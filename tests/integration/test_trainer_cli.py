@@ -10,13 +10,7 @@ import torch
 from saeprobe.cli import main
 from tests.helpers import tiny_store
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_cli_end_to_end_resume_and_errors(tmp_path, capsys):

@@ -11,6 +11,8 @@ from sae_training.checkpoint import list_checkpoints, load_checkpoint
 from sae_training.sources import TensorSource
 from sae_training.trainer import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # default recipe minus AuxK (AuxK normalises by each shard's residual variance, which is not
 # a mean over tokens): b_dec from the (gathered) first global batch, warm-up + decay,
 # decoder bias, dead-latent counters from the union of the ranks' firing latents.
@@ -51,14 +53,6 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         train(TrainConfig(out_dir=out_dir, **CFG), TensorSource(_data(), seed=1))
     finally:
         dist.destroy_process_group()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_two_process_gloo_equals_single_process(tmp_path):

@@ -19,6 +19,8 @@ from sae_training.checkpoint import list_checkpoints, load_checkpoint
 from sae_training.sources import TensorSource
 from sae_training.trainer import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 
 # The default recipe exercises every piece of resumable state: AuxK with a dead mask
@@ -58,14 +60,6 @@ CHILD = textwrap.dedent(
     train(cfg, Slow(x, seed=3))
     """
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _data() -> torch.Tensor:

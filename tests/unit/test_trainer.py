@@ -14,16 +14,9 @@ from sae_training.metrics import DeadLatentTracker, ReconstructionStats, fired_m
 from sae_training.sources import IterableSource, StoreSource, TensorSource, shard_rows
 from sae_training.trainer import BadDataError, LRSchedule, Trainer, train
 
-pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: one intra-op thread is several times faster than two here
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# float tolerances: also run on the AVX2 code path; 2 shared cores: one intra-op thread is
+# several times faster than two here
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_thread")]
 
 
 def planted(n: int, d: int = 32, m: int = 128, active: int = 4, seed: int = 0, dict_seed: int = 0):
