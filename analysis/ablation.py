@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from saeprobe.ranking import recall_at_k, topk_search
+
 from .codes import Codes, check_codes, decode
 
 logger = logging.getLogger(__name__)
@@ -134,8 +136,6 @@ def ablation_sweep(
     candidates are still searched; ``relevant`` stays indexed by the full query set).
     Recall@k comes from :func:`saeprobe.ranking.recall_at_k`.
     """
-    from saeprobe.ranking import recall_at_k, topk_search
-
     if sides not in ("both", "query", "candidate"):
         raise ValueError(f"sides must be 'both', 'query' or 'candidate', got {sides!r}")
     if relevant is None:

@@ -80,5 +80,9 @@ def analyze_store(
         write_report(result, stage, items, layer_sweep, alpha_sweep, title)
     out = Path(out)
     return ReportFiles(
-        out / "report.html", out / "features.parquet", out / "features.csv", out / "summary.json", result
+        out / "report.html",
+        out / "features.parquet",
+        out / "features.csv",
+        out / "summary.json",
+        result,
     )

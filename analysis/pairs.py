@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from saeprobe.atomic import atomic_save_safetensors
+from saeprobe.store import load_pooled
 
 
 @dataclass
@@ -170,8 +171,6 @@ def pairs_from_capture(capture_dir: str | os.PathLike, source, key: str | None =
     (image item, caption item) data-order indices; ``key`` picks the pooled embedding
     (``"<hook point>.<pool>"``, default: the only ``*.mean`` one).
     """
-    from saeprobe.store import load_pooled
-
     pooled, item_ids = load_pooled(capture_dir)
     keys = sorted(k for k in pooled if k != "sample_index")
     if key is None:

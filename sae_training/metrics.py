@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from saeprobe.atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["DeadLatentTracker", "MetricsLogger", "ReconstructionStats", "fired_mask"]
@@ -221,8 +223,6 @@ class MetricsLogger:
         """Drop logged records past ``step`` (a resumed run redoes those steps)."""
         if not self.enabled or self.path is None or not self.path.exists():
             return
-        from saeprobe.atomic import atomic_write_text
-
         keep = []
         for line in self.path.read_text().splitlines():
             try:

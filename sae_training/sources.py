@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+from saeprobe.capture import iter_captures, resolve_points
+from saeprobe.store import ActivationStore
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -191,8 +194,6 @@ class StoreSource(ActivationSource):
         self, store: Any, *, drop_system: bool = True, shuffle: bool = True, seed: int = 0
     ):
         if isinstance(store, (str, Path)):
-            from saeprobe.store import ActivationStore
-
             path = Path(store)
             if not path.exists():
                 raise FileNotFoundError(
@@ -274,8 +275,6 @@ class CaptureSource(ActivationSource):
         seed: int = 0,
         dtype: torch.dtype | None = torch.float32,
     ):
-        from saeprobe.capture import resolve_points
-
         self.adapter = adapter
         self.items = items
         self.hook_point = resolve_points(adapter, hook_point)[0].name
@@ -287,8 +286,6 @@ class CaptureSource(ActivationSource):
         self.d = int(adapter.d_model)
 
     def batches(self, epoch, batch_size, *, rank=0, world_size=1, start=0):
-        from saeprobe.capture import iter_captures
-
         local = max(1, batch_size // world_size)
         g = _epoch_generator(self.seed + rank, epoch)
         items = self.items[rank::world_size] if world_size > 1 else self.items

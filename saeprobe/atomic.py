@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskFullError
+from .errors import DiskFullError, SaeprobeError
 
 __all__ = [
     "TEMP_MARK",
@@ -210,7 +210,9 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any, *, what: str = "checkpo
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, *, force: bool = False, what: str = "output folder") -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike, *, force: bool = False, what: str = "output folder"
+) -> Iterator[Path]:
     """Build a folder in a staging directory next to ``path``; publish it on success.
 
     An existing ``path`` is refused unless ``force`` (then it is replaced, only once the
@@ -224,8 +226,6 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False, what: str = "out
     """
     path = Path(path)
     if path.exists() and not force and (not path.is_dir() or any(path.iterdir())):
-        from .errors import SaeprobeError
-
         raise SaeprobeError(
             f"{what} {path} already exists; pass --force to replace it or choose another --out"
         )

@@ -19,6 +19,8 @@ import logging
 import warnings
 from typing import Any
 
+from .registry import ADAPTERS, import_builtins
+
 logger = logging.getLogger(__name__)
 
 
@@ -106,9 +108,7 @@ def make_bridge(adapter: Any, *, tokenizer: Any = None) -> Any:
     arch = bridge_architecture(adapter)
     supported = supported_bridge_architectures()
     if arch not in supported:
-        from .registry import ADAPTERS, _import_builtins
-
-        _import_builtins()
+        import_builtins()
         both = sorted(set(ADAPTERS) & set(supported))
         raise BridgeUnsupportedError(
             f"TransformerLens has no bridge for {arch}; capture with the adapter's own hook "

@@ -35,7 +35,7 @@ from torch import nn
 
 from .._types import Item, Modality
 from .base import EncodedBatch, ModelAdapter
-from .registry import register_adapter
+from .registry import architecture_of, register_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ class DualEncoderAdapter(ModelAdapter):
     @classmethod
     def load_model(cls, name_or_path: str, *, dtype: torch.dtype | None, **kwargs) -> nn.Module:
         import transformers
-
-        from .registry import architecture_of
 
         arch = architecture_of(name_or_path)
         if arch not in cls.architectures:

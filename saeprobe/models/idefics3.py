@@ -24,6 +24,7 @@ padding gives each item the activations it has alone. Items without an image con
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from .._types import Item
 from ._labels import label_tokens, locate_text, pad_sequences
 from .base import EncodedBatch, ModelAdapter
 from .prompts import render_prompt
-from .registry import register_adapter
+from .registry import architecture_of, register_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ class Idefics3Parts:
 
 def _read_chat_template(name_or_path: str, **kwargs) -> str | None:
     """A processor-level chat template file (``chat_template.jinja`` / ``.json``), if any."""
-    import json
-
     from transformers.utils import cached_file
 
     for fname in ("chat_template.jinja", "chat_template.json"):
@@ -126,8 +125,6 @@ class Idefics3Adapter(ModelAdapter):
     def load_model(cls, name_or_path: str, *, dtype: torch.dtype | None, **kwargs) -> nn.Module:
         import transformers
 
-        from .registry import architecture_of
-
         arch = architecture_of(name_or_path)
         if arch not in cls.architectures:
             arch = cls.architectures[0]
@@ -136,8 +133,6 @@ class Idefics3Adapter(ModelAdapter):
     @classmethod
     def load_processor(cls, name_or_path: str, **kwargs) -> Idefics3Parts:
         from transformers import AutoImageProcessor, AutoTokenizer
-
-        from .registry import architecture_of
 
         tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         ip = AutoImageProcessor.from_pretrained(name_or_path, **kwargs)

@@ -46,7 +46,7 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 _imported = False
 
 
-def _import_builtins() -> None:
+def import_builtins() -> None:
     """Import every built-in adapter module once; one that fails to import is an error (a
     renamed or broken file must not silently drop a family)."""
     global _imported
@@ -59,7 +59,7 @@ def _import_builtins() -> None:
 
 def adapter_class(architecture: str) -> type[ModelAdapter]:
     """Adapter class for an HF architecture name (e.g. ``Qwen2VLForConditionalGeneration``)."""
-    _import_builtins()
+    import_builtins()
     try:
         return ADAPTERS[architecture]
     except KeyError:

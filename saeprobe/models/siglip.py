@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .clip import DualEncoderAdapter
+from .clip import DualEncoderAdapter, _rgb
 from .registry import register_adapter
 
 
@@ -77,8 +77,6 @@ class SiglipAdapter(DualEncoderAdapter):
         return {"input_ids": enc["input_ids"]}, enc
 
     def _image_inputs(self, images: list[Any]) -> dict[str, torch.Tensor]:
-        from .clip import _rgb
-
         out = self.image_processor([_rgb(im) for im in images], return_tensors="pt")
         keys = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
         return {k: out[k] for k in keys if k in out}

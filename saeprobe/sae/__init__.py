@@ -6,20 +6,25 @@ One file per architecture, registered with :func:`register_sae`; ``saving`` writ
 ``sae.encode(x) -> [N, c]``, ``sae.encode_sparse(x) -> SparseCodes(values, indices)``,
 ``sae.decode(z)``, ``sae.decode_sparse(values, indices)``, ``sae(x) -> x_hat``,
 ``sae.dictionary -> [c, d]``, ``sae.cfg`` (:class:`SAEConfig`), ``sae.save(dir)``,
-``load_sae(path | "hf://owner/repo/...")``, ``sae.training_forward(x, ...)``.
+``load_sae(path | "hf://owner/repo/..." | "paper/qwen2-vl-7b-instruct")``,
+``sae.training_forward(x, ...)``; ``pretrained_saes()`` (the registry of published SAEs),
+``write_card(dir)`` (the hub model card), :mod:`.metrics` (SAEBench-named metrics),
+:mod:`.neuronpedia` (the Neuronpedia / SAEDashboard export).
 """
 
 from __future__ import annotations
 
-from . import kernels
+from . import kernels, metrics
 from .base import SAE, SparseCodes, TrainForward, geometric_median
 from .batchtopk import BatchTopKSAE
+from .card import write_card
 from .config import SAEConfig
 from .factory import create_sae
 from .gated import GatedSAE
 from .io import check_d_in, load_sae, sae_from_overcomplete_state
 from .jumprelu import JumpReLUSAE
 from .matryoshka import MatryoshkaBatchTopKSAE
+from .pretrained import PretrainedSAE, get_pretrained, pretrained_saes
 from .registry import SAE_REGISTRY, available_archs, register_sae
 from .saving import save_sae
 from .standard import StandardSAE
@@ -36,6 +41,7 @@ __all__ = [
     "GatedSAE",
     "JumpReLUSAE",
     "MatryoshkaBatchTopKSAE",
+    "PretrainedSAE",
     "SAEConfig",
     "SparseCodes",
     "StandardSAE",
@@ -45,9 +51,13 @@ __all__ = [
     "check_d_in",
     "create_sae",
     "geometric_median",
+    "get_pretrained",
     "kernels",
     "load_sae",
+    "metrics",
+    "pretrained_saes",
     "register_sae",
     "sae_from_overcomplete_state",
     "save_sae",
+    "write_card",
 ]

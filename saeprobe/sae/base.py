@@ -240,9 +240,10 @@ class SAE(nn.Module):
         coef = (g * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True).clamp_min(1e-12)
         g.sub_(coef * w)
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``cfg.json`` + ``sae_weights.safetensors`` (sae-lens layout) into ``path``."""
-        return save_sae(self, path)
+    def save(self, path: str | Path, *, card: bool = True) -> Path:
+        """Write ``cfg.json`` + ``sae_weights.safetensors`` (sae-lens layout) and the model card
+        ``README.md`` into ``path``."""
+        return save_sae(self, path, card=card)
 
     # sae-lens interchange (architecture-specific parts; see saeprobe.sae.saving / io)
     def sae_lens_extra_state(self) -> dict[str, Tensor]:

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from .base import SAE, copy_checked
 from .config import SAEConfig, canonical_dtype
 from .factory import create_sae
+from .pretrained import fetch_pretrained, get_pretrained, is_pretrained_name
 from .registry import SAE_REGISTRY
 from .saving import CFG_FILENAME, WEIGHTS_FILENAME, save_sae
 
@@ -58,14 +59,19 @@ def load_sae(
           overcomplete's ``TopKSAE``) or a bare state dict of it, loaded with
           ``weights_only=True``; or a directory holding exactly one such file;
         * ``hf://owner/repo[/file-or-folder]``, fetched through ``huggingface_hub`` (its cache,
-          ``HF_HUB_OFFLINE`` honoured) and then loaded as above.
+          ``HF_HUB_OFFLINE`` honoured) and then loaded as above;
+        * a registered name ``<release>/<sae>`` (``paper/qwen2-vl-7b-instruct``; ``saeprobe saes
+          list``), fetched the same way, checked against the registry's ``d_in`` / ``d_sae``
+          and given its metadata (base model, hook point, license, citation).
     k : int | None
         Top-K for the paper checkpoints (default 50); overrides ``k`` of other layouts.
     device, dtype
         Where / in which dtype to put the parameters (default: the checkpoint's dtype).
     cache_dir, revision
-        Passed to ``huggingface_hub`` for ``hf://`` references.
+        Passed to ``huggingface_hub`` for ``hf://`` references and registered names.
     """
+    if is_pretrained_name(path) and not Path(path).exists():
+        return _load_pretrained(str(path), k, device, dtype, cache_dir, revision)
     if isinstance(path, str) and path.startswith("hf://"):
         path = fetch_hf(path, cache_dir=cache_dir, revision=revision)
     path = Path(path).expanduser()
@@ -96,6 +102,31 @@ def load_sae(
         sae.cfg.dtype = canonical_dtype(dtype)
         sae = sae.to(dtype=sae.cfg.torch_dtype)
     return sae.to(device)
+
+
+def _load_pretrained(
+    name: str,
+    k: int | None,
+    device: str | torch.device,
+    dtype: str | torch.dtype | None,
+    cache_dir: str | Path | None,
+    revision: str | None,
+) -> SAE:
+    entry = get_pretrained(name)
+    local = fetch_pretrained(name, cache_dir=cache_dir, revision=revision)
+    sae = load_sae(local, k=k if k is not None else entry.k, device=device, dtype=dtype)
+    for what, want, got in (
+        ("d_in", entry.d_in, sae.cfg.d_in),
+        ("d_sae", entry.d_sae, sae.cfg.d_sae),
+    ):
+        if want is not None and int(want) != int(got):
+            logger.warning(
+                "%s: the checkpoint %s has %s=%d but the registry says %d; the hub file is not "
+                "the published one (pass revision= / --revision to pin it)",
+                name, local, what, got, want,
+            )  # fmt: skip
+    sae.cfg.metadata.update(entry.metadata())
+    return sae
 
 
 def fetch_hf(ref: str, *, cache_dir: str | Path | None = None, revision: str | None = None) -> Path:
@@ -182,7 +213,11 @@ def _cfg_from_sae_lens(
         raise ValueError(
             f"{path}: W_enc has shape {tuple(sd['W_enc'].shape)}, cfg.json says d_in={d_in}, d_sae={d_sae}"
         )
-    kk = k if k is not None else raw.get("k", PAPER_DEFAULT_K if SAE_REGISTRY[arch].k_required else None)
+    kk = (
+        k
+        if k is not None
+        else raw.get("k", PAPER_DEFAULT_K if SAE_REGISTRY[arch].k_required else None)
+    )
     return SAEConfig(
         arch=arch,
         d_in=d_in,

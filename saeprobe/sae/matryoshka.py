@@ -110,9 +110,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             lr = self.cfg.batchtopk_threshold_lr
             self.threshold.mul_(1 - lr).add_(lr * kept.min().double())
 
-    def _levels_sparse(
-        self, values: Tensor, indices: Tensor
-    ) -> tuple[list[Tensor], Tensor]:
+    def _levels_sparse(self, values: Tensor, indices: Tensor) -> tuple[list[Tensor], Tensor]:
         outs = []
         for m in self.widths[:-1]:
             masked = values * (indices < m).to(values.dtype)

@@ -1,7 +1,9 @@
-"""Writing SAEs in the sae-lens layout (``cfg.json`` + ``sae_weights.safetensors``).
+"""Writing SAEs in the sae-lens layout (``cfg.json`` + ``sae_weights.safetensors``) with a
+hub-ready model card (``README.md``, :mod:`.card`).
 
 Architecture-specific parts come from the SAE class itself (``sae_lens_architecture``,
-``sae_lens_extra_state``), so a registered architecture saves without edits here.
+``sae_lens_extra_state``, ``sae_lens_omit``), so a registered architecture saves without edits
+here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..atomic import atomic_save_safetensors, atomic_write_text
+from .card import write_card
+from .files import CFG_FILENAME, WEIGHTS_FILENAME
 
 if TYPE_CHECKING:
     from .base import SAE
@@ -22,8 +26,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CFG_FILENAME", "WEIGHTS_FILENAME", "sae_lens_cfg", "sae_lens_state_dict", "save_sae"]
 
-CFG_FILENAME = "cfg.json"
-WEIGHTS_FILENAME = "sae_weights.safetensors"
 SAE_LENS_VERSION = "6.54.12"
 
 
@@ -71,14 +73,17 @@ def sae_lens_state_dict(sae: SAE) -> dict[str, torch.Tensor]:
     return {k: v.cpu() for k, v in sd.items()}
 
 
-def save_sae(sae: SAE, path: str | Path) -> Path:
-    """Write ``sae`` to the directory ``path`` (created) in the sae-lens layout; atomic per file."""
+def save_sae(sae: SAE, path: str | Path, *, card: bool = True) -> Path:
+    """Write ``sae`` to the directory ``path`` (created) in the sae-lens layout, atomically per
+    file, with its model card ``README.md`` unless ``card=False`` (see :func:`.card.write_card`:
+    training and eval files already in ``path`` are read)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     sd = sae_lens_state_dict(sae)
+    cfg = sae_lens_cfg(sae)
     atomic_save_safetensors(path / WEIGHTS_FILENAME, sd, what="SAE weights")
-    atomic_write_text(path / CFG_FILENAME, json.dumps(sae_lens_cfg(sae), indent=2), what="SAE config")
+    atomic_write_text(path / CFG_FILENAME, json.dumps(cfg, indent=2), what="SAE config")
+    if card:
+        write_card(path, cfg)
     logger.info("saved %s SAE (d_in=%d, d_sae=%d) to %s", sae.cfg.arch, sae.d_in, sae.d_sae, path)
     return path
-
-

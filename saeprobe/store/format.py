@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 from collections.abc import Iterable
@@ -105,8 +106,6 @@ def checksum(data: bytes | memoryview) -> str:
 
 def file_checksum(path: str | os.PathLike) -> str:
     """:func:`checksum` of a file's bytes (read through a memory map)."""
-    import mmap
-
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return checksum(b"")

@@ -26,6 +26,7 @@ from .format import (
     CorruptShardError,
     StoreError,
     dtype_name,
+    file_checksum,
     modality_set,
     sum_counts,
 )
@@ -118,8 +119,6 @@ class ActivationStore:
             )
         want = info.get("checksum")
         if want and (self.verify if verify is None else verify):
-            from .format import file_checksum
-
             if file_checksum(f) != want:
                 raise CorruptShardError(
                     f"shard {f}: content checksum mismatch (altered bytes); {hint}"

@@ -95,7 +95,24 @@ def test_identity_sae_recovers_everything_and_zero_sae_nothing(adapter, hook):
     # the clean CE is the model's own next-token loss on the same positions
     assert perfect.ce_clean == pytest.approx(_hf_loss(adapter, items), rel=1e-4)
 
+    # the same numbers under SAEBench's names, plus the spliced tokens' SAE metrics
+    m = perfect.metrics
+    assert m["ce_loss_score"] == perfect.loss_recovered and m["ce_loss_with_sae"] == perfect.ce_sae
+    assert m["ce_loss_without_sae"] == perfect.ce_clean
+    assert m["ce_loss_with_ablation"] == perfect.ce_zero
+    assert m["kl_div_score"] == pytest.approx(1.0, abs=1e-3)
+    assert m["explained_variance"] == pytest.approx(1.0, abs=1e-9) and m["fvu"] == perfect.fvu
+    assert m["l0"] == pytest.approx(d)  # one of +e_i / -e_i per nonzero coordinate
+    assert m["cossim"] == pytest.approx(1.0) and 0 < m["frac_alive"] <= 1
+    assert set(perfect.saebench()) >= {
+        "model_behavior_preservation", "model_performance_preservation",
+        "reconstruction_quality", "sparsity", "misc_metrics",
+    }  # fmt: skip
+    assert sum(perfect.density_histogram["counts"]) + perfect.density_histogram["n_dead"] == 2 * d
+
     zero = evaluate_splice(adapter, _zero_sae(d), items, hook, batch_size=2)
+    assert zero.metrics["l0"] == 0 and zero.metrics["dead_fraction"] == 1.0
+    assert zero.metrics["kl_div_score"] == pytest.approx(0.0, abs=1e-6)
     assert zero.loss_recovered == pytest.approx(0.0, abs=1e-6)
     assert zero.ce_sae == pytest.approx(zero.ce_zero, rel=1e-6)
     assert zero.kl_sae == pytest.approx(zero.kl_zero, rel=1e-6)
@@ -150,6 +167,46 @@ def test_eval_sae_cli(adapter, model_dir, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["n_items"] == 3 and res["loss_recovered"] == pytest.approx(1.0, abs=1e-3)
     assert "loss recovered" in printed.out
+
+
+def test_eval_sae_cli_store_metrics_and_card(adapter, model_dir, tmp_path, capsys):
+    """--activations (no model) and --model together, --card: eval.json + the card's metrics."""
+    from saeprobe import Modality
+    from saeprobe.cli import main
+    from saeprobe.sae.card import read_card_metadata
+    from saeprobe.store import ActivationStoreWriter
+
+    d = adapter.d_model
+    sae_dir = tmp_path / "sae"
+    _identity_sae(d).save(sae_dir)
+    x = torch.randn(40, d, generator=torch.Generator().manual_seed(3))
+    with ActivationStoreWriter(tmp_path / "store", d=d, dtype="fp32", fingerprint="f") as w:
+        w.add(x, torch.arange(40) // 4, torch.arange(40) % 4, torch.zeros(40, dtype=torch.long),
+              torch.full((40,), int(Modality.TEXT), dtype=torch.int8))  # fmt: skip
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(it.text for it in _items(6) if it.text) + "\n")
+    out = tmp_path / "eval.json"
+    argv = ["eval-sae", "--sae", str(sae_dir), "--activations", str(tmp_path / "store"),
+            "--model", str(model_dir), "--data", str(data), "--limit", "3", "--device", "cpu",
+            "--out", str(out), "--card", "--no-progress"]  # fmt: skip
+    rc = main(argv)
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    res = json.loads(out.read_text())
+    assert res["loss_recovered"] == pytest.approx(1.0, abs=1e-3)  # the splice, top level
+    rec = res["reconstruction"]
+    assert rec["n_tokens"] == 40 and rec["metrics"]["explained_variance"] == pytest.approx(1.0)
+    assert rec["saebench"]["sparsity"]["l0"] == pytest.approx(d)
+    kept = json.loads((sae_dir / "eval.json").read_text())
+    assert set(kept) == {"reconstruction", "splice"}
+    head = read_card_metadata(sae_dir)
+    sm = head["sae_metrics"]
+    assert sm["explained_variance"] == pytest.approx(1.0) and sm["l0"] == pytest.approx(d)
+    assert sm["ce_loss_score"] == pytest.approx(1.0, abs=1e-3) and "kl_div_score" in sm
+    assert head["sae_metrics_source"].startswith("held-out evaluation")
+    assert "explained variance" in printed.out and "loss recovered" in printed.out
+    assert main(["eval-sae", "--sae", str(sae_dir)]) == 2  # nothing to evaluate
+    assert "nothing to evaluate" in capsys.readouterr().err
 
 
 def test_train_on_the_fly_capture(adapter):

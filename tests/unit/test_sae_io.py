@@ -295,3 +295,16 @@ def test_saved_files_are_the_sae_lens_layout(tmp_path):
         "b_dec": (D,),
     }
     assert not sd["b_dec"].any()
+
+
+def test_every_architecture_saves_as_a_sae_lens_builtin(sae_lens):
+    """Each registered architecture is exported as an architecture sae-lens registers itself
+    (gated -> gated; batchtopk and matryoshka_batchtopk -> jumprelu, as sae-lens saves its own),
+    so ``SAE.load_from_disk`` needs no extra registration."""
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    from saeprobe.sae import SAE_REGISTRY
+
+    exported = {name: cls.sae_lens_architecture or name for name, cls in SAE_REGISTRY.items()}
+    assert exported["gated"] == "gated" and exported["matryoshka_batchtopk"] == "jumprelu"
+    assert set(exported.values()) <= set(SAE_CLASS_REGISTRY), exported

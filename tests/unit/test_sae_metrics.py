@@ -48,7 +48,9 @@ def test_reconstruction_metrics_closed_form():
 def test_fvu_uses_per_dimension_means():
     x = torch.tensor([[10.0, 0.0], [12.0, 0.0]])
     x_hat = torch.full_like(x, 11.0) * torch.tensor([1.0, 0.0])  # predicts the mean exactly
-    assert fvu(x, x_hat) == pytest.approx(1.0) and explained_variance(x, x_hat) == pytest.approx(0.0)
+    assert fvu(x, x_hat) == pytest.approx(1.0) and explained_variance(x, x_hat) == pytest.approx(
+        0.0
+    )
 
 
 def test_streaming_equals_one_batch():
@@ -85,7 +87,9 @@ def _codes():
 def test_feature_density_and_saebench_density_metrics():
     values, indices = _codes()
     dens = feature_density(values, indices, 5)
-    torch.testing.assert_close(dens, torch.tensor([1.0, 0.15, 0.05, 0.005, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        dens, torch.tensor([1.0, 0.15, 0.05, 0.005, 0.0], dtype=torch.float64)
+    )
     dense = torch.zeros(200, 5).scatter_add(1, indices, values)
     torch.testing.assert_close(feature_density(dense, None, 5), dens)
     s = density_summary(dens)
