@@ -29,6 +29,30 @@ class SparseCodes(NamedTuple):
     indices: Tensor
 
 
+class LossSpec(NamedTuple):
+    """How a training batch is scored (the arguments of :meth:`SAE.training_forward`).
+
+    Attributes
+    ----------
+    l1_coeff : float
+        Weight of the sparsity term (L1; JumpReLU: L0).
+    auxk_coeff : float
+        Weight of the AuxK loss on dead latents (0: off).
+    k_aux : int | None
+        Dead latents AuxK uses.
+    dead_mask : BoolTensor [c] | None
+        Which latents are dead.
+    fast : bool
+        Sparse kernels (no dense ``[B, c]`` codes) where the architecture has them.
+    """
+
+    l1_coeff: float = 0.0
+    auxk_coeff: float = 0.0
+    k_aux: int | None = None
+    dead_mask: Tensor | None = None
+    fast: bool = True
+
+
 class TrainForward(NamedTuple):
     """Output of :meth:`SAE.training_forward`.
 
@@ -221,7 +245,12 @@ class SAE(nn.Module):
         dead_mask: Tensor | None = None,
         fast: bool = True,
     ) -> TrainForward:
-        """Loss and terms of one training batch ``x [B, d]``; see subclasses."""
+        """Loss and terms of one training batch ``x [B, d]`` (see :class:`LossSpec` for the
+        arguments and each architecture's :meth:`loss` for its loss)."""
+        return self.loss(x, LossSpec(l1_coeff, auxk_coeff, k_aux, dead_mask, fast))
+
+    def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
+        """The architecture's training loss of ``x [B, d]``."""
         raise NotImplementedError
 
     @torch.no_grad()

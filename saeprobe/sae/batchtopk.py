@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .base import SAE, TrainForward, sparsify
+from .base import SAE, LossSpec, TrainForward, sparsify
 from .config import SAEConfig
 from .registry import register_sae
 
@@ -53,18 +53,10 @@ class BatchTopKSAE(SAE):
     def _encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return sparsify(self._encode_dense(x), None)
 
-    def training_forward(
-        self,
-        x: Tensor,
-        *,
-        l1_coeff: float = 0.0,
-        auxk_coeff: float = 0.0,
-        k_aux: int | None = None,
-        dead_mask: Tensor | None = None,
-        fast: bool = True,
-    ) -> TrainForward:
+    def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """``mse + l1_coeff * l1 + auxk_coeff * auxk`` with batch top-k codes; updates the
         inference threshold."""
+        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         pre = self.pre_acts(x).to(self.W_enc.dtype)

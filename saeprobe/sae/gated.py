@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SAE, TrainForward, copy_checked, sparsify
+from .base import SAE, LossSpec, TrainForward, copy_checked, sparsify
 from .config import SAEConfig
 from .registry import register_sae
 
@@ -67,20 +67,12 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self._paths(x)
         return (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
 
-    def training_forward(
-        self,
-        x: Tensor,
-        *,
-        l1_coeff: float = 0.0,
-        auxk_coeff: float = 0.0,
-        k_aux: int | None = None,
-        dead_mask: Tensor | None = None,
-        fast: bool = True,
-    ) -> TrainForward:
+    def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """Loss of a batch ``x [B, d]``: ``mse + l1_coeff * l1 + aux (+ auxk_coeff * auxk)``.
 
         ``terms`` adds ``aux`` (the frozen-decoder reconstruction MSE of the gate).
         """
+        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
         x = self._flat(x).to(self.W_enc.dtype)
         pi_gate, pi_mag = self._paths(x)
         z = (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .base import SAE, TrainForward, copy_checked, sparsify
+from .base import SAE, LossSpec, TrainForward, copy_checked, sparsify
 from .config import SAEConfig
 from .registry import register_sae
 
@@ -82,17 +82,9 @@ class JumpReLUSAE(SAE):
         pre = self.pre_acts(x).to(self.W_enc.dtype)
         return pre.relu() * (pre > self.threshold).to(pre.dtype)
 
-    def training_forward(
-        self,
-        x: Tensor,
-        *,
-        l1_coeff: float = 0.0,
-        auxk_coeff: float = 0.0,
-        k_aux: int | None = None,
-        dead_mask: Tensor | None = None,
-        fast: bool = True,
-    ) -> TrainForward:
+    def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """``mse + l1_coeff * l0`` (STE L0 per row); ``l1`` is reported, ``auxk`` optional."""
+        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         pre = self.pre_acts(x).to(self.W_enc.dtype)

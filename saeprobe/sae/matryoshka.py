@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels
-from .base import TrainForward
+from .base import LossSpec, TrainForward
 from .batchtopk import BatchTopKSAE
 from .config import SAEConfig
 from .registry import register_sae
@@ -125,18 +125,10 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             outs.append(out if self.b_dec is None else out + self.b_dec)
         return outs, outs[-1]
 
-    def training_forward(
-        self,
-        x: Tensor,
-        *,
-        l1_coeff: float = 0.0,
-        auxk_coeff: float = 0.0,
-        k_aux: int | None = None,
-        dead_mask: Tensor | None = None,
-        fast: bool = True,
-    ) -> TrainForward:
+    def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """Loss of a batch ``x [B, d]``: mean level MSE ``+ l1_coeff * l1 + auxk_coeff * auxk``;
         updates the inference threshold."""
+        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         k_total = self.cfg.k * x.shape[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import SAE, TrainForward, sparsify
+from .base import SAE, LossSpec, TrainForward, sparsify
 from .registry import register_sae
 
 
@@ -22,18 +22,10 @@ class StandardSAE(SAE):
     def _encode_dense(self, x: Tensor) -> Tensor:
         return self.pre_acts(x).to(self.W_enc.dtype).relu()
 
-    def training_forward(
-        self,
-        x: Tensor,
-        *,
-        l1_coeff: float = 0.0,
-        auxk_coeff: float = 0.0,
-        k_aux: int | None = None,
-        dead_mask: Tensor | None = None,
-        fast: bool = True,
-    ) -> TrainForward:
+    def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """``mse + l1_coeff * l1`` with ``l1 = sum |z| / (B c)`` (times ``||W_dec[i]||`` when
         ``cfg.l1_scale_by_decoder_norm``); ``auxk`` as in Top-K when requested."""
+        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         z = self._encode_dense(x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import kernels
-from .base import SAE, TrainForward
+from .base import SAE, LossSpec, TrainForward
 from .registry import register_sae
 
 
@@ -40,16 +40,7 @@ class TopKSAE(SAE):
         v, i = self.encode_sparse(x)
         return self.decode_sparse(v, i)
 
-    def training_forward(
-        self,
-        x: Tensor,
-        *,
-        l1_coeff: float = 0.0,
-        auxk_coeff: float = 0.0,
-        k_aux: int | None = None,
-        dead_mask: Tensor | None = None,
-        fast: bool = True,
-    ) -> TrainForward:
+    def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """Loss of a batch ``x [B, d]``: ``mse + l1_coeff * l1 + auxk_coeff * auxk``.
 
         ``fast=True`` never builds a dense ``[B, c]`` code matrix (sparse decode, encoder
@@ -58,6 +49,7 @@ class TopKSAE(SAE):
         ``auxk_coeff > 0`` and ``dead_mask`` (BoolTensor [c]) marks dead latents; ``k_aux``
         defaults to ``d_in // 2`` (capped at the number of dead latents).
         """
+        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         k = self.cfg.k
