@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import dtypes
 from .._types import Item
+from ._labels import pad_sequences
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,23 @@ class EncodedBatch:
     @property
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
+
+    @classmethod
+    def from_token_lists(
+        cls,
+        items: Sequence[Item],
+        ids_list: Sequence[torch.Tensor],
+        labels: Sequence[torch.Tensor],
+        pad_id: int | None,
+        inputs: dict[str, Any],
+        **extra: Any,
+    ) -> EncodedBatch:
+        """Right-pad per-item token ids [T_i] and modality labels [T_i] into a batch;
+        ``input_ids`` / ``attention_mask`` are added to ``inputs``."""
+        ids, mask = pad_sequences(ids_list, pad_id if pad_id is not None else 0, side="right")
+        modality, _ = pad_sequences(labels, 0, side="right", dtype=torch.int8)
+        inputs = {**inputs, "input_ids": ids, "attention_mask": mask}
+        return cls(inputs, ids, mask, modality, [it.id for it in items], **extra)
 
 
 class ModelAdapter:
@@ -137,14 +155,28 @@ class ModelAdapter:
         return None
 
     # ----- structure -----------------------------------------------------------------
+    #: attribute path from the HF model to its decoder stack (a module with ``layers`` and
+    #: ``norm``), e.g. ``"model.language_model"``; families without one override
+    #: :meth:`layers` / :meth:`final_norm`
+    decoder_path: ClassVar[str | None] = None
+
+    def decoder(self) -> nn.Module:
+        """The decoder stack at :attr:`decoder_path`."""
+        if self.decoder_path is None:
+            raise NotImplementedError(f"{type(self).__name__} sets no decoder_path")
+        module = self.model
+        for part in self.decoder_path.split("."):
+            module = getattr(module, part)
+        return module
+
     def layers(self, tower: str | None = None) -> nn.ModuleList:
         """The decoder (or encoder) layers whose outputs form the residual stream."""
-        raise NotImplementedError
+        return self.decoder().layers
 
     def final_norm(self, tower: str | None = None) -> nn.Module | None:
         """The module whose output is HF's ``hidden_states[-1]`` (None if it is the raw
         output of the last layer)."""
-        raise NotImplementedError
+        return self.decoder().norm
 
     @property
     def n_layers(self) -> int:
@@ -185,10 +217,15 @@ class ModelAdapter:
 
     # ----- running -------------------------------------------------------------------
     def forward(self, batch: EncodedBatch, **kwargs) -> Any:
-        """Run the base model (no LM head) on a batch; ``kwargs`` go to HF forward
-        (e.g. ``output_hidden_states=True``). Hooks placed by
-        :mod:`saeprobe.hooks` observe (and may stop) this call."""
-        raise NotImplementedError
+        """Run the base model ``model.model`` (no LM head) on a batch, floating inputs cast to
+        the model dtype; ``kwargs`` go to HF forward (e.g. ``output_hidden_states=True``).
+        Hooks placed by :mod:`saeprobe.hooks` observe (and may stop) this call."""
+        dtype = self.dtype
+        inputs = {
+            k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
+            for k, v in batch.inputs.items()
+        }
+        return self.model.model(**inputs, use_cache=False, **kwargs)
 
     def embed(self, batch: EncodedBatch) -> torch.Tensor:
         """Dual encoders only: the model's own projected embedding [B, D]."""

@@ -82,6 +82,8 @@ class CausalLMAdapter(ModelAdapter):
         Its fast tokenizer (offsets are needed for modality labels).
     """
 
+    decoder_path = "model"
+
     architectures = (
         "LlamaForCausalLM",
         "Qwen2ForCausalLM",
@@ -235,15 +237,3 @@ class CausalLMAdapter(ModelAdapter):
             item_ids=[it.id for it in items],
             extra={"prompts": prompts},
         )
-
-    # ----- structure -----------------------------------------------------------------
-    def layers(self, tower: str | None = None) -> nn.ModuleList:
-        return self.model.model.layers
-
-    def final_norm(self, tower: str | None = None) -> nn.Module:
-        return self.model.model.norm
-
-    # ----- running -------------------------------------------------------------------
-    def forward(self, batch: EncodedBatch, **kwargs) -> Any:
-        """Run ``model.model`` (no LM head); exceptions raised by hooks propagate."""
-        return self.model.model(**batch.inputs, use_cache=False, **kwargs)

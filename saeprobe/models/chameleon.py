@@ -37,6 +37,8 @@ class ChameleonAdapter(ProcessorMLLMAdapter):
         :attr:`image_resize` (224x224). Also accepted by :meth:`from_pretrained`.
     """
 
+    decoder_path = "model"
+
     architectures = ("ChameleonForConditionalGeneration",)
     model_class = "ChameleonForConditionalGeneration"
     #: the paper resizes images to 224x224 before the processor
@@ -87,6 +89,3 @@ class ChameleonAdapter(ProcessorMLLMAdapter):
         tag = self.image_token if has_image else ""
         shifted = None if span is None else (span[0] + len(tag), span[1] + len(tag))
         return TextLocation(tag + prompt_text, shifted)
-
-    def _language_model(self) -> nn.Module:
-        return self.model.model

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .._types import Item
-from ._labels import label_tokens, locate_text, pad_sequences
+from ._labels import label_tokens, locate_text
 from .base import EncodedBatch, ModelAdapter
 from .prompts import render_prompt
 from .registry import register_adapter
@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 @register_adapter
 class Gemma3Adapter(ModelAdapter):
     """Adapter for ``Gemma3ForConditionalGeneration`` (see the module docstring)."""
+
+    decoder_path = "model.language_model"
 
     architectures = ("Gemma3ForConditionalGeneration",)
 
@@ -62,17 +64,6 @@ class Gemma3Adapter(ModelAdapter):
         from transformers import Gemma3ForConditionalGeneration
 
         return Gemma3ForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype, **kwargs)
-
-    # ----- structure -----------------------------------------------------------------
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    def layers(self, tower: str | None = None) -> nn.ModuleList:
-        return self.language_model.layers
-
-    def final_norm(self, tower: str | None = None) -> nn.Module:
-        return self.language_model.norm
 
     # ----- inputs --------------------------------------------------------------------
     @property
@@ -150,27 +141,10 @@ class Gemma3Adapter(ModelAdapter):
             labels.append(
                 label_tokens(enc["offset_mapping"], loc.text_span, ids, {self.image_token_id})
             )
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids, mask = pad_sequences(ids_list, pad_id, side="right")
-        modality, _ = pad_sequences(labels, 0, side="right", dtype=torch.int8)
-        inputs["input_ids"] = ids
-        inputs["attention_mask"] = mask
-        inputs["token_type_ids"] = ((ids == self.image_token_id) & (mask == 1)).long()
-        return EncodedBatch(
-            inputs=inputs,
-            input_ids=ids,
-            attention_mask=mask,
-            modality=modality,
-            item_ids=[it.id for it in items],
-        )
-
-    # ----- running -------------------------------------------------------------------
-    def forward(self, batch: EncodedBatch, **kwargs) -> Any:
-        """Run ``model.model`` (vision tower, projector, language model; no LM head)."""
-        inputs = dict(batch.inputs)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return self.model.model(**inputs, use_cache=False, **kwargs)
+        batch = EncodedBatch.from_token_lists(items, ids_list, labels, tok.pad_token_id, inputs)
+        image = (batch.input_ids == self.image_token_id) & (batch.attention_mask == 1)
+        batch.inputs["token_type_ids"] = image.long()
+        return batch
 
 
 def _strip(prompt: str, span: tuple[int, int] | None) -> tuple[str, tuple[int, int] | None]:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .._types import Item
-from ._labels import label_tokens, locate_text, pad_sequences
+from ._labels import label_tokens, locate_text
 from .base import EncodedBatch, ModelAdapter
 from .prompts import render_prompt
 from .registry import architecture_of, register_adapter
@@ -99,6 +99,8 @@ def _read_chat_template(name_or_path: str, **kwargs) -> str | None:
 class Idefics3Adapter(ModelAdapter):
     """Adapter for Idefics3 and SmolVLM (see the module docstring)."""
 
+    decoder_path = "model.text_model"
+
     architectures = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
 
     def __init__(self, model: nn.Module, processor: Any, name_or_path: str | None = None):
@@ -149,17 +151,6 @@ class Idefics3Adapter(ModelAdapter):
         if isinstance(template, dict):  # named templates
             template = template.get("default") or next(iter(template.values()))
         return Idefics3Parts(tokenizer=tok, image_processor=ip, chat_template=template)
-
-    # ----- structure -----------------------------------------------------------------
-    @property
-    def text_model(self) -> nn.Module:
-        return self.model.model.text_model
-
-    def layers(self, tower: str | None = None) -> nn.ModuleList:
-        return self.text_model.layers
-
-    def final_norm(self, tower: str | None = None) -> nn.Module:
-        return self.text_model.norm
 
     # ----- inputs --------------------------------------------------------------------
     def image_prompt(self, rows: int, cols: int) -> str:
@@ -242,26 +233,7 @@ class Idefics3Adapter(ModelAdapter):
             labels.append(
                 label_tokens(enc["offset_mapping"], loc.text_span, ids, {self.image_token_id})
             )
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids, mask = pad_sequences(ids_list, pad_id, side="right")
-        modality, _ = pad_sequences(labels, 0, side="right", dtype=torch.int8)
-        inputs["input_ids"] = ids
-        inputs["attention_mask"] = mask
-        return EncodedBatch(
-            inputs=inputs,
-            input_ids=ids,
-            attention_mask=mask,
-            modality=modality,
-            item_ids=[it.id for it in items],
-        )
-
-    # ----- running -------------------------------------------------------------------
-    def forward(self, batch: EncodedBatch, **kwargs) -> Any:
-        """Run ``model.model`` (vision tower, connector, text model; no LM head)."""
-        inputs = dict(batch.inputs)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return self.model.model(**inputs, use_cache=False, **kwargs)
+        return EncodedBatch.from_token_lists(items, ids_list, labels, tok.pad_token_id, inputs)
 
 
 def _rgb(image: Any) -> Any:

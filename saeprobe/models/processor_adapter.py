@@ -81,6 +81,8 @@ class ProcessorMLLMAdapter(ModelAdapter):
     the processor edits that string before expanding placeholders, :meth:`pre_expand`.
     """
 
+    decoder_path = "model.language_model"
+
     #: name of the transformers model class (loaded lazily)
     model_class: ClassVar[str] = ""
     #: extra keyword arguments for the processor call
@@ -196,23 +198,3 @@ class ProcessorMLLMAdapter(ModelAdapter):
             modality=modality,
             item_ids=[it.id for it in items],
         )
-
-    # ----- structure -----------------------------------------------------------------
-    def _language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    def layers(self, tower: str | None = None) -> nn.ModuleList:
-        return self._language_model().layers
-
-    def final_norm(self, tower: str | None = None) -> nn.Module | None:
-        return self._language_model().norm
-
-    # ----- running -------------------------------------------------------------------
-    def forward(self, batch: EncodedBatch, **kwargs) -> Any:
-        """Run the base model (no LM head) on ``batch``; ``kwargs`` go to HF forward."""
-        dtype = self.dtype
-        inputs = {
-            k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
-            for k, v in batch.inputs.items()
-        }
-        return self.model.model(**inputs, use_cache=False, **kwargs)

@@ -143,6 +143,8 @@ class QwenVLAdapter(ModelAdapter):
     ``model.model`` (vision tower + language model, no LM head).
     """
 
+    decoder_path = "model.language_model"
+
     #: padding side of encoded batches
     padding_side: ClassVar[str] = "right"
 
@@ -261,22 +263,6 @@ class QwenVLAdapter(ModelAdapter):
             item_ids=[it.id for it in items],
             extra={"prompts": prompts},
         )
-
-    # ----- structure -----------------------------------------------------------------
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    def layers(self, tower: str | None = None) -> nn.ModuleList:
-        return self.language_model.layers
-
-    def final_norm(self, tower: str | None = None) -> nn.Module:
-        return self.language_model.norm
-
-    # ----- running -------------------------------------------------------------------
-    def forward(self, batch: EncodedBatch, **kwargs) -> Any:
-        """Run ``model.model`` (no LM head); exceptions raised by hooks propagate."""
-        return self.model.model(**batch.inputs, use_cache=False, **kwargs)
 
 
 @register_adapter
