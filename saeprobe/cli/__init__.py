@@ -26,6 +26,7 @@ COMMANDS = [
     "retrieve",
     "sweep",
     "explore",
+    "study",
     "demo",
 ]
 
