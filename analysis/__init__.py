@@ -7,7 +7,7 @@ distractors and ablation, feature cards, plotly figures and the HTML report. See
 
 from __future__ import annotations
 
-import importlib
+from saeprobe.lazy import lazy_getattr
 
 from .ablation import METHODS, AblationSweep, ablate, ablation_sweep, default_steps
 from .attribution import (
@@ -95,15 +95,11 @@ __all__ = [
 
 # report symbols import plotly: loaded on first use so `import analysis` stays light
 _LAZY = {
-    "ReportFiles": "api",
-    "analyze_store": "api",
-    "build_cards": "report",
-    "render_report": "report",
-    "write_report": "report",
+    "ReportFiles": ".api",
+    "analyze_store": ".api",
+    "build_cards": ".report",
+    "render_report": ".report",
+    "write_report": ".report",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,8 +6,7 @@ Heavy pieces (transformers, the trainer loop) are imported lazily.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from saeprobe.lazy import lazy_getattr
 
 from .config import TrainConfig
 from .recipes import RECIPES, apply_recipe
@@ -35,8 +34,4 @@ _LAZY = {
 
 __all__ = ["RECIPES", "TrainConfig", "apply_recipe", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sae_training' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

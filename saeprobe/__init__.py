@@ -11,13 +11,12 @@ lazily so that ``import saeprobe`` stays fast.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
 
 from ._types import Item, Modality
+from .lazy import lazy_getattr
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -26,7 +25,6 @@ _LAZY = {
     "ModelAdapter": "saeprobe.models",
     "EncodedBatch": "saeprobe.models",
     "capture": "saeprobe.capture",
-    "Capture": "saeprobe.capture",
     "CaptureResult": "saeprobe.capture",
     "HookPoint": "saeprobe.hooks",
     "ActivationStore": "saeprobe.store",
@@ -38,8 +36,4 @@ _LAZY = {
 
 __all__ = ["Item", "Modality", "__version__", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'saeprobe' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -202,3 +202,30 @@ def test_planted_peer_and_private_imports_fail(tree):
     assert any("private saeprobe names ['_types']" in p for p in got), got
     got = _plant(tree, "sae_training/recipes.py", "from saeprobe.store.reader import _seed_of")
     assert any("private saeprobe names ['_seed_of']" in p for p in got), got
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["saeprobe", "sae_training", "analysis", "saeprobe.store", "saeprobe.capture", "saeprobe.sae",
+     "saeprobe.whitening", "saeprobe.retrieval", "saeprobe.run", "saeprobe.study", "saeprobe.data.mbeir"],
+)  # fmt: skip
+def test_every_public_name_resolves(package):
+    import importlib
+
+    mod = importlib.import_module(package)
+    missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+    assert not missing, f"{package}.__all__ names what it does not define: {missing}"
+
+
+def test_import_saeprobe_loads_no_heavy_library():
+    """``import saeprobe, sae_training, analysis`` leaves transformers, sae_lens,
+    transformer_lens and plotly unloaded (they load on first use)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, saeprobe, sae_training, analysis; "
+        "print(sorted(m for m in ('transformers', 'sae_lens', 'transformer_lens', 'plotly') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
