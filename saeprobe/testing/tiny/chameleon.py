@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .common import instantiate, save_all, special_ids
+
 #: image size seen by the tiny VQ-VAE (real: 512)
 IMAGE_SIZE = 32
 #: number of VQ codebook entries (real: 8192)
@@ -45,7 +47,6 @@ def image_code_token(code: int) -> str:
 
 def build(out_dir: Path) -> Path:
     """Save a tiny random ``ChameleonForConditionalGeneration`` + processor to ``out_dir``."""
-    import torch
     from tokenizers.processors import TemplateProcessing
     from transformers import (
         ChameleonConfig,
@@ -84,15 +85,9 @@ def build(out_dir: Path) -> Path:
     config = ChameleonConfig(
         **TEXT_CONFIG,
         vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        **special_ids(tok),
         vq_config=ChameleonVQVAEConfig(**VQ_CONFIG).to_dict(),
         vocabulary_map=dict(tok.get_vocab()),
     )
-    config.architectures = ["ChameleonForConditionalGeneration"]
-    torch.manual_seed(0)
-    model = ChameleonForConditionalGeneration(config).eval()
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    model = instantiate(ChameleonForConditionalGeneration, config)
+    return save_all(out_dir, model, processor)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .common import instantiate, special_ids
+
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 
@@ -33,7 +35,6 @@ def build_tokenizer_with_template(
 
 def build(out_dir: Path) -> Path:
     """Save a tiny CLIP (text d=32, vision d=48, 2 layers each, 32x32 images, patch 8)."""
-    import torch
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -47,9 +48,7 @@ def build(out_dir: Path) -> Path:
             num_hidden_layers=2,
             num_attention_heads=2,
             max_position_embeddings=24,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
+            **special_ids(tok),
         ),
         vision_config=dict(
             hidden_size=48,
@@ -61,9 +60,7 @@ def build(out_dir: Path) -> Path:
         ),
         projection_dim=16,
     )
-    config.architectures = ["CLIPModel"]
-    torch.manual_seed(0)
-    model = CLIPModel(config).eval()
+    model = instantiate(CLIPModel, config)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     )

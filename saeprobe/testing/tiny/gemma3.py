@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .common import instantiate, special_ids
+
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 TURN_START, TURN_END = "<start_of_turn>", "<end_of_turn>"
@@ -66,9 +68,7 @@ def build(out_dir: Path) -> Path:
             sliding_window=16,
             layer_types=["sliding_attention", "full_attention"],
             max_position_embeddings=512,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
+            **special_ids(tok),
         ),
         vision_config=dict(
             hidden_size=16,
@@ -84,9 +84,7 @@ def build(out_dir: Path) -> Path:
         eoi_token_index=ids[EOI],
         image_token_index=ids[IMAGE],
     )
-    config.architectures = ["Gemma3ForConditionalGeneration"]
-    torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration(config).eval()
+    model = instantiate(Gemma3ForConditionalGeneration, config)
     with torch.no_grad():  # the projector starts at zero: give the image tokens some signal
         w = model.model.multi_modal_projector.mm_input_projection_weight
         w.normal_(0.0, 0.5)

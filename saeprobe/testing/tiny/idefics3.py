@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .common import instantiate, special_ids
+
 ROW_COL = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
 IMAGE_TOKENS = [
     "<fake_token_around_image>",
@@ -46,9 +48,7 @@ def _configs(tok):
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        **special_ids(tok),
     )
     vision = dict(
         hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, **VISION
@@ -58,7 +58,6 @@ def _configs(tok):
 
 def build_variant(out_dir: Path, variant: str = "idefics3") -> Path:
     """Build the ``idefics3`` or ``smolvlm`` tiny checkpoint into ``out_dir``."""
-    import torch
 
     from ..tokenizer import build_tokenizer
 
@@ -106,9 +105,7 @@ def build_variant(out_dir: Path, variant: str = "idefics3") -> Path:
         scale_factor=SCALE_FACTOR,
         image_token_id=tok.convert_tokens_to_ids("<image>"),
     )
-    config.architectures = [Model.__name__]
-    torch.manual_seed(0)
-    model = Model(config).eval()
+    model = instantiate(Model, config)
     image_processor = ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
     if variant == "idefics3":
         from transformers import Idefics3Processor

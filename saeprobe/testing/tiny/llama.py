@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .common import save_all, special_ids
+
 BOS = "<|begin_of_text|>"
 EOS = "<|eot_id|>"
 PAD = "<|finetune_right_pad_id|>"
@@ -95,9 +97,7 @@ def tiny_causal_lm(architecture: str = "LlamaForCausalLM", tokenizer: Any = None
     config = getattr(transformers, CONFIG_CLASSES[architecture])(
         **TEXT_CONFIG,
         vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        **special_ids(tok),
     )
     config.architectures = [architecture]
     torch.manual_seed(0)
@@ -110,9 +110,7 @@ def build_causal_lm(out_dir: Path, architecture: str = "LlamaForCausalLM") -> Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tok = tiny_causal_lm(architecture)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
+    return save_all(out_dir, model, tok)
 
 
 def build(out_dir: Path) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .common import instantiate, save_all, special_ids
+
 #: special tokens of the Llama tokenizer family plus LLaVA's image placeholder
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
 
@@ -72,7 +74,6 @@ def build_tokenizer_for_llava(chat_template: str):
 
 def build(out_dir: Path) -> Path:
     """Save a tiny random ``LlavaForConditionalGeneration`` and its processor to ``out_dir``."""
-    import torch
     from transformers import (
         CLIPVisionConfig,
         LlamaConfig,
@@ -101,17 +102,11 @@ def build(out_dir: Path) -> Path:
         text_config=LlamaConfig(
             **TEXT_CONFIG,
             vocab_size=len(tok),
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
+            **special_ids(tok),
         ),
         image_token_id=processor.image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    config.architectures = ["LlavaForConditionalGeneration"]
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    model = instantiate(LlavaForConditionalGeneration, config)
+    return save_all(out_dir, model, processor)

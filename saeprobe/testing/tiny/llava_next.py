@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .common import instantiate, save_all, special_ids
 from .llava import TEXT_CONFIG, VISION_CONFIG, build_tokenizer_for_llava
 
 #: chat template of llava-v1.6-mistral-7b-hf: "[INST] <image>\n{text} [/INST]"
@@ -32,7 +33,6 @@ GRID_PINPOINTS = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
 
 def build(out_dir: Path) -> Path:
     """Save a tiny random ``LlavaNextForConditionalGeneration`` + processor to ``out_dir``."""
-    import torch
     from transformers import (
         CLIPVisionConfig,
         LlavaNextConfig,
@@ -65,18 +65,12 @@ def build(out_dir: Path) -> Path:
         text_config=MistralConfig(
             **TEXT_CONFIG,
             vocab_size=len(tok),
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
+            **special_ids(tok),
         ),
         image_token_index=processor.image_token_id,
         image_grid_pinpoints=GRID_PINPOINTS,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    config.architectures = ["LlavaNextForConditionalGeneration"]
-    torch.manual_seed(0)
-    model = LlavaNextForConditionalGeneration(config).eval()
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    model = instantiate(LlavaNextForConditionalGeneration, config)
+    return save_all(out_dir, model, processor)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .common import instantiate, save_all, special_ids
+
 #: Gemma special tokens in the order of their real ids, plus PaliGemma's image token
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
 
@@ -36,7 +38,6 @@ TEXT_CONFIG: dict[str, Any] = {
 
 def build_paligemma(out_dir: Path, text_model_type: str, text_overrides: dict[str, Any]) -> Path:
     """Save a tiny ``PaliGemmaForConditionalGeneration`` whose decoder is ``text_model_type``."""
-    import torch
     from transformers import (
         AutoConfig,
         PaliGemmaConfig,
@@ -69,9 +70,7 @@ def build_paligemma(out_dir: Path, text_model_type: str, text_overrides: dict[st
         **TEXT_CONFIG,
         **text_overrides,
         vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        **special_ids(tok),
     )
     config = PaliGemmaConfig(
         vision_config=SiglipVisionConfig(**VISION_CONFIG),
@@ -81,12 +80,8 @@ def build_paligemma(out_dir: Path, text_model_type: str, text_overrides: dict[st
         projection_dim=TEXT_CONFIG["hidden_size"],
         hidden_size=TEXT_CONFIG["hidden_size"],
     )
-    config.architectures = ["PaliGemmaForConditionalGeneration"]
-    torch.manual_seed(0)
-    model = PaliGemmaForConditionalGeneration(config).eval()
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    model = instantiate(PaliGemmaForConditionalGeneration, config)
+    return save_all(out_dir, model, processor)
 
 
 def build(out_dir: Path) -> Path:

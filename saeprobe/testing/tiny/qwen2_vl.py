@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .common import instantiate
+
 #: special tokens of the Qwen2 tokenizer family, in the order of their real ids
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -117,7 +119,6 @@ def build_qwen_vl(
     image_processor_kwargs : dict
         Extra settings of ``Qwen2VLImageProcessorPil`` (patch size, mean / std).
     """
-    import torch
     from transformers import Qwen2VLImageProcessorPil
 
     out_dir = Path(out_dir)
@@ -139,9 +140,7 @@ def build_qwen_vl(
         vision_start_token_id=ids["vision_start_token_id"],
         vision_end_token_id=ids["vision_end_token_id"],
     )
-    config.architectures = [model_cls.__name__]
-    torch.manual_seed(0)
-    model = model_cls(config).eval()
+    model = instantiate(model_cls, config)
     model.save_pretrained(out_dir)
 
     ip_kwargs = {

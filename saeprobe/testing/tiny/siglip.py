@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .clip import build_tokenizer_with_template
+from .common import instantiate
 
 EOS = "</s>"
 UNK = "<unk>"
@@ -37,7 +38,6 @@ def _configs(tok):
 
 def build(out_dir: Path) -> Path:
     """Save a tiny SigLIP (text d=32 padded to 16 tokens, vision d=16, 32x32 images, patch 8)."""
-    import torch
     from transformers import SiglipConfig, SiglipModel, SiglipProcessor
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
@@ -45,9 +45,7 @@ def build(out_dir: Path) -> Path:
     tok = build_tokenizer_with_template(None, EOS, EOS, UNK, model_max_length=MAX_LEN)
     text, vision = _configs(tok)
     config = SiglipConfig(text_config=text, vision_config=vision)
-    config.architectures = ["SiglipModel"]
-    torch.manual_seed(0)
-    model = SiglipModel(config).eval()
+    model = instantiate(SiglipModel, config)
     ip = SiglipImageProcessorPil(size={"height": 32, "width": 32})
     SiglipProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out_dir)
     model.save_pretrained(out_dir)
@@ -56,7 +54,6 @@ def build(out_dir: Path) -> Path:
 
 def build_siglip2(out_dir: Path) -> Path:
     """Save a tiny NaFlex ``Siglip2Model`` (patch 8, at most 16 patches per image)."""
-    import torch
     from transformers import Siglip2Config, Siglip2Model, Siglip2Processor
     from transformers.models.siglip2.image_processing_pil_siglip2 import (
         Siglip2ImageProcessorPil,
@@ -68,9 +65,7 @@ def build_siglip2(out_dir: Path) -> Path:
     vision.pop("image_size")
     vision["num_patches"] = 16
     config = Siglip2Config(text_config=text, vision_config=vision)
-    config.architectures = ["Siglip2Model"]
-    torch.manual_seed(0)
-    model = Siglip2Model(config).eval()
+    model = instantiate(Siglip2Model, config)
     ip = Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16)
     Siglip2Processor(image_processor=ip, tokenizer=tok).save_pretrained(out_dir)
     model.save_pretrained(out_dir)
