@@ -41,48 +41,43 @@ FEATURE_COLUMNS = (
 
 @dataclass
 class AnalysisConfig:
-    """Settings of :func:`analyze` (JSON round-trip with ``to_dict`` / ``from_dict``).
-
-    Attributes
-    ----------
-    batch_size : tokens per store batch.
-    max_tokens : stop the statistics pass after this many tokens (None: all).
-    modality_level : ``"input"`` (paper: tau/iota = text/image *inputs*; an input with any
-        image token is an image input and all its tokens count for it) or ``"token"``
-        (TEXT tokens vs IMAGE tokens; template tokens count only in the energy).
-    exclude_system : leave SYSTEM tokens out (the paper masks them from SAE training).
-    convention : ``"text"`` (modality score 1 = textual, paper) or ``"image"``.
-    tags : tag thresholds.
-    top_m : top-activating inputs kept per concept (feature cards).
-    n_top_pairs, n_candidates : bridge top pairs and candidate block size.
-    n_distractors : concepts flagged as distractors (highest attribution).
-    ablation_method : ``subtract`` / ``zero`` / ``project``.
-    ablation_steps : numbers of ablated concepts (None: 0, 1, 2, 4, ... up to n_distractors).
-    ks : Recall@k cut-offs.
-    query_side : ``"text"`` (t->i, text queries rank images) or ``"image"``.
-    normalize_attribution : attribute the cosine (divide by norms) rather than the dot product.
-    sweep_queries : evaluate the ablation sweep on this many evenly spaced queries (all
-        candidates are searched); None: every query.
-    device : device of the SAE encoder.
-    """
+    """Settings of :func:`analyze` (JSON round-trip with ``to_dict`` / ``from_dict``; each
+    field is a ``saeprobe analyze`` flag whose help is the docstring under it)."""
 
     batch_size: int = 4096
+    """Tokens per store batch."""
     max_tokens: int | None = None
+    """Stop the statistics pass after this many tokens (default: all)."""
     modality_level: str = "input"
+    """input: tau / iota are text / image inputs, the paper's (an input with any image token is an image input); token: TEXT vs IMAGE tokens."""
     exclude_system: bool = True
+    """Leave SYSTEM tokens out of the statistics (the paper masks them from SAE training)."""
     convention: str = "text"
+    """Modality score convention: text (1 = textual, the paper's) or image (1 = visual)."""
     tags: TagConfig = field(default_factory=TagConfig)
+    """Tag thresholds (textual / visual score cut-offs, bridge mass)."""
     top_m: int = 5
+    """Top-activating inputs kept per concept (feature cards)."""
     n_top_pairs: int = 50
+    """Bridge: concept pairs kept."""
     n_candidates: int = 1024
+    """Bridge: candidate block size of the top-pair search."""
     n_distractors: int = 16
+    """Concepts flagged as distractors (highest retrieval attribution)."""
     ablation_method: str = "subtract"
+    """How distractors are removed: subtract, zero or project."""
     ablation_steps: list[int] | None = None
+    """Numbers of ablated concepts in the sweep, e.g. 0,1,2,4,8 (default: 0, 1, 2, 4, ... up to n_distractors)."""
     ks: tuple[int, ...] = (1, 5, 10)
+    """Recall@k cut-offs, e.g. 1,5,10."""
     query_side: str = "text"
+    """Ablation sweep direction: text (text queries rank images) or image."""
     normalize_attribution: bool = True
+    """Attribute the cosine (divide by the norms) rather than the dot product."""
     sweep_queries: int | None = None
+    """Evaluate the ablation sweep on this many evenly spaced queries (all candidates are searched; default: every query)."""
     device: str = "cpu"
+    """Device of the SAE encoder."""
 
     def __post_init__(self) -> None:
         if isinstance(self.tags, dict):

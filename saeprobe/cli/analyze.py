@@ -8,19 +8,14 @@ import json
 import logging
 from pathlib import Path
 
+from .flags import add_config_flags, config_from_args
+
 logger = logging.getLogger(__name__)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from exc
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from analysis import AnalysisConfig
+
     p = subparsers.add_parser(
         "analyze",
         help="concept statistics, tags, bridge, attribution, distractors -> HTML report",
@@ -55,22 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (published when complete)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--batch-size", type=int, default=4096, help="tokens per store batch")
-    p.add_argument("--max-tokens", type=int, default=None, help="stop the statistics pass early")
-    p.add_argument(
-        "--modality-level",
-        choices=("input", "token"),
-        default="input",
-        help="tau/iota = text/image inputs (paper) or TEXT/IMAGE tokens",
-    )
     p.add_argument(
         "--include-system", action="store_true", help="keep SYSTEM tokens in the statistics"
-    )
-    p.add_argument(
-        "--convention",
-        choices=("text", "image"),
-        default="text",
-        help="modality score convention: 'text' = 1 means textual (paper), 'image' = 1 means visual",
     )
     p.add_argument("--textual-threshold", type=float, default=0.9, help="score > this: textual")
     p.add_argument("--visual-threshold", type=float, default=0.1, help="score < this: visual")
@@ -80,32 +61,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=0.5,
         help="bridge concepts: top concepts carrying this share of the bridge score",
     )
-    p.add_argument("--n-distractors", type=int, default=16, help="concepts flagged as distractors")
-    p.add_argument("--ablation-method", choices=("subtract", "zero", "project"), default="subtract")
-    p.add_argument("--ablation-steps", type=_ints, default=None, help="e.g. 0,1,2,4,8,16")
-    p.add_argument("--ks", type=_ints, default=[1, 5, 10], help="Recall@k cut-offs, e.g. 1,5,10")
-    p.add_argument(
-        "--query-side",
-        choices=("text", "image"),
-        default="text",
-        help="ablation sweep direction: text queries rank images (t->i) or the reverse",
-    )
-    p.add_argument(
-        "--sweep-queries",
-        type=int,
-        default=None,
-        help="evaluate the ablation sweep on this many evenly spaced queries (default: all)",
-    )
-    p.add_argument("--n-candidates", type=int, default=1024, help="bridge top-pair candidate block")
-    p.add_argument("--top-m", type=int, default=5, help="top-activating inputs per concept")
     p.add_argument(
         "--layer-sweep", help='JSON {"x": [...], "recall": {k: [...]}} of Recall@k vs layer'
     )
     p.add_argument("--alpha-sweep", help="JSON of Recall@k vs whitening alpha (same format)")
-    p.add_argument("--device", default="cpu", help="device for the SAE encoder")
     p.add_argument("--title", default="saeprobe concept analysis")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    dests = add_config_flags(
+        p,
+        AnalysisConfig,
+        skip=("tags", "exclude_system"),
+        choices={
+            "modality_level": ("input", "token"),
+            "convention": ("text", "image"),
+            "ablation_method": ("subtract", "zero", "project"),
+            "query_side": ("text", "image"),
+        },
+        group="analysis config (AnalysisConfig fields)",
+    )
+    p.set_defaults(func=run, config_dests=dests)
     return p
 
 
@@ -161,22 +135,14 @@ def run(args: argparse.Namespace) -> int:
             except (ValueError, json.JSONDecodeError, FileNotFoundError) as exc:
                 raise CLIError(f"--{name.replace('_', '-')}: {exc}") from exc
             sweeps[name] = spec
-    cfg = AnalysisConfig(
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        modality_level=args.modality_level,
-        exclude_system=not args.include_system,
-        convention=args.convention,
-        tags=TagConfig(args.textual_threshold, args.visual_threshold, args.bridge_mass),
-        top_m=args.top_m,
-        n_candidates=args.n_candidates,
-        n_distractors=args.n_distractors,
-        ablation_method=args.ablation_method,
-        ablation_steps=args.ablation_steps,
-        ks=tuple(args.ks),
-        query_side=args.query_side,
-        sweep_queries=args.sweep_queries,
-        device=args.device,
+    cfg = config_from_args(
+        AnalysisConfig,
+        args,
+        args.config_dests,
+        {
+            "exclude_system": not args.include_system,
+            "tags": TagConfig(args.textual_threshold, args.visual_threshold, args.bridge_mass),
+        },
     )
     pairs, source = None, None
     if args.pairs:

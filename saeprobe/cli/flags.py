@@ -3,8 +3,9 @@
 Each dataclass field becomes ``--field-name``; its help is the field's docstring (the
 string literal right under it, as in EleutherAI sparsify's configs) plus its default. Flags
 default to "not given", so a value from ``--config FILE.json`` is only overridden by flags
-the user typed. Types: int, float, str, bool (``--x`` / ``--no-x``), ``tuple[float, ...]``
-(several values), ``list[...]`` (comma-separated), ``dict`` (JSON), and ``X | None``.
+the user typed. Types: int, float, str, bool (``--x`` / ``--no-x``), fixed-length tuples
+(several values), ``tuple[X, ...]`` and ``list[X]`` (comma-separated), ``dict`` (JSON), and
+``X | None``.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def _parser_for(tp: Any) -> tuple[Callable[[str], Any], dict[str, Any]]:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is bool:
         return bool, {"action": argparse.BooleanOptionalAction}
+    if origin is tuple and Ellipsis in args:  # tuple[X, ...]: comma-separated
+        return (lambda s, f=args[0]: tuple(f(x) for x in s.split(",") if x.strip())), {}
     if origin is tuple:
-        return args[0], {"nargs": len(args) if Ellipsis not in args else "+"}
+        return args[0], {"nargs": len(args)}
     if origin is list:
         inner = args[0] if args else str
         return (lambda s, f=inner: [f(x) for x in s.split(",") if x.strip()]), {}
