@@ -1,4 +1,9 @@
-"""``saeprobe explore``: a local web page to toggle SAE features and watch retrieval change."""
+"""``saeprobe explore``: a local web page to browse concepts, ablate them and watch retrieval.
+
+``saeprobe explore RUN_DIR`` opens a run folder (docs/run-folder.md): its models and tasks
+are menus on the page. ``saeprobe explore --sae SAE --data EMB.safetensors`` opens one
+retrieval data file (docs/explorer.md).
+"""
 
 from __future__ import annotations
 
@@ -12,20 +17,21 @@ logger = logging.getLogger(__name__)
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "explore",
-        help="local web explorer: ablate SAE features, toggle ReAlign, see Recall@k change",
+        help="local web explorer: concepts, cards, ablation, ReAlign, Recall@k before / after",
         description=(
-            "Serve a local page (no network access) listing the SAE's features by retrieval "
-            "attribution, with checkboxes to ablate them, a whitening toggle, live Recall@1/5/10 "
-            "and MRR before vs after, a per-query view and Recall@k vs the number of ablated "
-            "features. Data format: docs/explorer.md."
+            "Serve a local page (no network access) over a run folder (saeprobe explore RUN_DIR) "
+            "or one SAE + embeddings file (--sae --data): a feature table and an energy-vs-"
+            "modality scatter linked to feature cards with top-activating items, checkboxes to "
+            "ablate features, a ReAlign alpha slider, live Recall@1/5/10 and MRR before vs after "
+            "and a per-query view. Formats: docs/run-folder.md, docs/explorer.md."
         ),
     )
-    p.add_argument(
-        "--sae", required=True, help="SAE folder or file (anything saeprobe.load_sae reads)"
-    )
+    p.add_argument("run_dir", nargs="?", help="a run folder (has run.json), e.g. out/demo")
+    p.add_argument("--model", help="run folder: the model to open first (default: the first)")
+    p.add_argument("--task", help="run folder: the task to open first (default: the first)")
+    p.add_argument("--sae", help="SAE folder or file (anything saeprobe.load_sae reads)")
     p.add_argument(
         "--data",
-        required=True,
         help="embeddings .safetensors: queries [Q, d] + candidates [N, d] (+ qrels [R, 2] or "
         "relevant [Q]), or matched pairs image_emb/text_emb",
     )
@@ -59,19 +65,43 @@ def build_session(args: argparse.Namespace):
     return ExplorerSession(sae, data, features=args.features)
 
 
+def build_app(args: argparse.Namespace):
+    """The app the server serves: a :class:`RunExplorer` for ``RUN_DIR`` (prepared for its
+    first view), else a :class:`SingleSession` of ``--sae`` / ``--data``."""
+    from saeprobe.cli import CLIError
+    from saeprobe.explorer import RunExplorer, SingleSession
+
+    if args.run_dir:
+        if args.sae or args.data:
+            raise CLIError("give either RUN_DIR or --sae/--data, not both")
+        app = RunExplorer(args.run_dir, device=args.device)
+        app.prepare(args.model, args.task)
+        return app
+    if not (args.sae and args.data):
+        raise CLIError(
+            "saeprobe explore needs a run folder (saeprobe explore RUN_DIR) or --sae SAE --data "
+            "EMB.safetensors"
+        )
+    return SingleSession(build_session(args))
+
+
 def run(args: argparse.Namespace) -> int:
     from saeprobe.explorer import make_server
+    from saeprobe.explorer.server import server_url
 
+    app = build_app(args)
+    server = make_server(app, args.host, args.port)
+    url = server_url(server)
+    model, task = app.resolve(args.model, args.task)
+    if task is not None:
+        s = app.session(model, task)
+        r1 = s.baseline.get("R@1", float("nan"))
+        print(
+            f"saeprobe explore: {model} / {task}: {s.data.n_queries} queries x "
+            f"{s.data.n_candidates} candidates, baseline R@1 {r1:.3f}"
+        )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("binding to %s exposes the explorer beyond this machine", args.host)
-    session = build_session(args)
-    server = make_server(session, args.host, args.port)
-    url = f"http://{args.host}:{server.server_port}/"
-    base = session.baseline
-    print(
-        f"saeprobe explore: {session.data.n_queries} queries x {session.data.n_candidates} candidates, "
-        f"baseline R@1 {base.get('R@1', float('nan')):.3f}"
-    )
+        print(f"warning: serving on {args.host} exposes the explorer beyond this machine")
     print(f"serving on {url}  (Ctrl-C to stop)", flush=True)
     if not args.no_browser:
         try:

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..atomic import atomic_save_safetensors
 
 MODALITIES = ("text", "image")
 DIRECTIONS = ("t2i", "i2t")
@@ -229,8 +230,6 @@ def save_data(
     candidate_modality: str | None = None,
 ) -> Path:
     """Write a retrieval data file (``queries``, ``candidates``, ``qrels``) atomically."""
-    from safetensors.torch import save_file
-
     rel = list(relevant) if relevant is not None else [{i} for i in range(queries.shape[0])]
     data = ExplorerData(  # validates
         queries,
@@ -256,14 +255,4 @@ def save_data(
         meta["query_labels"] = json.dumps(data.query_labels)
     if data.candidate_labels:
         meta["candidate_labels"] = json.dumps(data.candidate_labels)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta or None)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_save_safetensors(path, tensors, meta or None, what="explorer data")

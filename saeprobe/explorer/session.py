@@ -2,208 +2,45 @@
 
 ``ExplorerSession(sae, data).evaluate(ablate, op, whiten, alpha)`` returns Recall@k and MRR
 (:func:`saeprobe.ranking.ranking_metrics`) of the current setting next to the baseline
-(original embeddings, no whitening).
+(original embeddings, no whitening). The session is a facade over one module per job:
 
-Fast path (no whitening, ``Q * N`` within ``max_dense_scores``): the raw Gram matrix
-``G = X_q X_c^T`` is computed once; an ablation of a concept set ``S`` is a rank-``2|S|``
-update of it, so a request costs ``O(Q N |S|)`` plus a top-k, whatever ``d``:
+* :mod:`.config`: the setting (:class:`EvalConfig`) and its result (:class:`EvalResult`);
+* :mod:`.table`: the feature table (statistics, tags, names; sorted / filtered / searched);
+* :mod:`.gram`: the fast path, ablation as a low-rank update of a cached Gram matrix;
+* :mod:`.direct`: the direct path, embeddings recomputed (ReAlign fits cached per ablation,
+  so moving alpha costs one product);
+* :mod:`.scoring`: top-k, ranks and metrics.
 
-* ``subtract`` / ``zero`` (``X' = X - A D_S``, with ``X`` the embeddings or the SAE
-  reconstructions and ``A`` the codes restricted to ``S``)::
-
-      <x'_q, x'_c> = G - A_q (X_c D_S^T)^T - (X_q D_S^T - A_q D_S D_S^T) A_c^T
-
-* ``project`` (``X' = X - X B B^T``, ``B`` an orthonormal basis of ``span D_S``)::
-
-      <x'_q, x'_c> = G - (X_q B) (X_c B)^T
-
-and the row norms update likewise; the cosine is the ratio. Whitening (ReAlign, fitted on
-each side separately as in the paper's reference code) changes every coordinate, so it takes
-the direct path: :func:`analysis.ablate`, :func:`saeprobe.whitening.realign`, then a chunked
-exhaustive search. Results are cached per setting.
+Results are cached per setting.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from .config import OPS, SIDES, WHITEN, EvalConfig, EvalResult, check_index, check_int, json_safe
 from .data import ExplorerData
+from .direct import DirectScorer
+from .gram import GramScorer
+from .scoring import Ranker, query_blocks
+from .table import FeatureTable, merge_features, read_features, stats_columns
+from .vectors import Vectors, sae_tensors
 
 logger = logging.getLogger(__name__)
 
-OPS = ("subtract", "zero", "project")
-WHITEN = ("none", "realign")
-SIDES = ("both", "query", "candidate")
-FEATURE_TABLE_COLUMNS = (
-    "energy",
-    "energy_share",
-    "frequency",
-    "modality_score",
-    "tag",
-    "bridge_score",
-    "is_distractor",
-    "name",
-)
+__all__ = ["OPS", "SIDES", "WHITEN", "EvalConfig", "EvalResult", "ExplorerSession", "json_safe"]
 
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """One explorer setting (hashable; the cache key).
-
-    Attributes
-    ----------
-    ablate : tuple[int, ...]
-        Concepts to remove (sorted, unique).
-    op : str
-        ``subtract``, ``zero`` or ``project`` (see :func:`analysis.ablate`).
-    whiten : str
-        ``none`` or ``realign``.
-    alpha : float
-        ReAlign shrinkage (ignored without whitening).
-    sides : str
-        Ablate ``both`` sides, only the ``query`` side or only the ``candidate`` side.
-    """
-
-    ablate: tuple[int, ...] = ()
-    op: str = "subtract"
-    whiten: str = "none"
-    alpha: float = 0.1
-    sides: str = "both"
-
-    @classmethod
-    def make(
-        cls,
-        ablate: Sequence[int] | torch.Tensor = (),
-        op: str = "subtract",
-        whiten: str | bool | None = "none",
-        alpha: float = 0.1,
-        sides: str = "both",
-        c: int | None = None,
-    ) -> EvalConfig:
-        """Validated config (clear one-line errors for bad input)."""
-        if op not in OPS:
-            raise ValueError(f"unknown ablation op {op!r}; use one of {', '.join(OPS)}")
-        if whiten is None or whiten is False:
-            whiten = "none"
-        elif whiten is True:
-            whiten = "realign"
-        if whiten not in WHITEN:
-            raise ValueError(f"unknown whitening {whiten!r}; use 'none' or 'realign'")
-        if sides not in SIDES:
-            raise ValueError(f"sides must be one of {', '.join(SIDES)}, got {sides!r}")
-        try:
-            alpha = float(alpha)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}") from exc
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        if isinstance(ablate, torch.Tensor):
-            ablate = ablate.reshape(-1).tolist()
-        try:
-            ids = sorted({int(i) for i in ablate})
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"ablate must be a list of integer feature ids, got {ablate!r}"
-            ) from exc
-        if c is not None and ids and (ids[0] < 0 or ids[-1] >= c):
-            raise ValueError(
-                f"feature ids must lie in [0, {c}) (the SAE width), got {ids[0]}..{ids[-1]}"
-            )
-        if whiten == "none":
-            alpha = 0.1
-        return cls(tuple(ids), op, whiten, alpha, sides)
-
-
-@dataclass
-class EvalResult:
-    """Metrics of one setting next to the baseline.
-
-    Attributes
-    ----------
-    config : EvalConfig
-    metrics, baseline : dict[str, float]
-        ``R@1``, ``R@5``, ``R@10`` (those ``<= N``), ``MRR`` (within the top 10, from
-        :func:`saeprobe.ranking.ranking_metrics`), ``median_rank`` (full ranking).
-    ranks : ndarray [Q]
-        1-based rank of each query's best-ranked relevant candidate (0: none relevant).
-    top : Tensor [Q, K]
-        Ranked candidate rows, best first.
-    seconds : float
-        Compute time (0 when served from the cache).
-    path : str
-        ``fast`` (Gram update) or ``direct`` (embeddings recomputed).
-    """
-
-    config: EvalConfig
-    metrics: dict[str, float]
-    baseline: dict[str, float]
-    ranks: np.ndarray
-    top: torch.Tensor
-    seconds: float
-    path: str
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """JSON-friendly summary (no per-query arrays)."""
-        return json_safe(
-            {
-                "config": asdict(self.config),
-                "metrics": self.metrics,
-                "baseline": self.baseline,
-                "delta": {
-                    k: self.metrics[k] - self.baseline[k]
-                    for k in self.metrics
-                    if k in self.baseline
-                },
-                "n_ablated": len(self.config.ablate),
-                "seconds": self.seconds,
-                "path": self.path,
-            }
-        )
-
-
-def json_safe(obj: Any) -> Any:
-    """Replace NaN / inf by ``None`` and numpy / torch scalars by Python ones, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.generic, torch.Tensor)) and getattr(obj, "ndim", 0) == 0:
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _sae_tensors(sae: Any, d: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The SAE's dictionary ``[c, d]`` and decoder bias ``[d]`` (or None), float32 on CPU;
-    checks the width against the embeddings."""
-    D = getattr(sae, "dictionary", None)
-    if not isinstance(D, torch.Tensor) or D.ndim != 2:
-        raise ValueError("the SAE has no `dictionary` [c, d]; load it with saeprobe.sae.load_sae")
-    if D.shape[1] != d:
-        raise ValueError(
-            f"the embeddings have d={d} but the SAE expects d_in={D.shape[1]}; use the SAE "
-            "trained on this model / hook point"
-        )
-    b = getattr(sae, "b_dec", None)
-    b = b.detach().float().cpu() if isinstance(b, torch.Tensor) else None
-    return D.detach().float().cpu().contiguous(), b
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+#: default largest ``Q * N`` kept as a float32 Gram matrix (512 MB)
+MAX_DENSE_SCORES = 1 << 27
 
 
 class ExplorerSession:
@@ -235,53 +72,33 @@ class ExplorerSession:
         features: str | Path | dict | None = None,
         *,
         ks: Sequence[int] = (1, 5, 10),
-        max_dense_scores: int = 50_000_000,
+        max_dense_scores: int = MAX_DENSE_SCORES,
         chunk_size: int = 1024,
         cache_size: int = 32,
     ) -> None:
-        from analysis import encode_all, pairs_from_relevant, retrieval_attribution, top_distractors
+        from analysis import encode_all
 
         t0 = time.perf_counter()
         self.data = data
-        self.dictionary, self.bias = _sae_tensors(sae, data.d)
+        self.dictionary, self.bias = sae_tensors(sae, data.d)
         self.c = int(self.dictionary.shape[0])
         self.codes_q = encode_all(sae, data.queries)
         self.codes_c = encode_all(sae, data.candidates)
-        n = data.n_candidates
-        self.ks = [int(k) for k in ks if int(k) <= n] or [1]
-        self.k_top = min(max(max(self.ks), 10), n)
-        self.max_dense_scores = int(max_dense_scores)
+        self.vectors = Vectors(data, self.codes_q, self.codes_c, self.dictionary, self.bias)
+        self.ranker = Ranker(data.relevant, data.n_candidates, ks)
+        self.ks, self.k_top = self.ranker.ks, self.ranker.k_top
         self.chunk_size = int(chunk_size)
+        self.gram = GramScorer(self.vectors, max_dense_scores)
+        self.direct = DirectScorer(self.vectors)
         self._lock = threading.RLock()
         self._cache: OrderedDict[EvalConfig, EvalResult] = OrderedDict()
-        self._cache_size = int(cache_size)
-        self._emb_cache: OrderedDict[EvalConfig, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._gram: dict[tuple[str, str], torch.Tensor] = {}
-        self._norm2: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._base_vecs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        rel_max = max((len(r) for r in data.relevant), default=0)
-        self._rel_pad = torch.full((data.n_queries, max(rel_max, 1)), -1, dtype=torch.long)
-        for i, r in enumerate(data.relevant):
-            if r:
-                self._rel_pad[i, : len(r)] = torch.tensor(sorted(r))
-
-        qi, ci = pairs_from_relevant(data.relevant)
-        if qi.numel() == 0:
-            raise ValueError("no query has a relevant candidate: nothing to attribute or evaluate")
-        att = retrieval_attribution(
-            self.codes_q,
-            self.codes_c,
-            self.dictionary,
-            pairs=(qi, ci),
-            x_q=data.queries,
-            x_c=data.candidates,
-            normalize=True,
-        )
-        self.attribution = att.attribution  # [c] float64
-        self.mean_similarity = att.mean_similarity
-        self.ranking = top_distractors(self.attribution, self.c)  # all concepts, best first
-        self.table = self._feature_table(features)
-        self.baseline_result = self._compute(EvalConfig(), baseline={})
+        self._cache_size = max(1, int(cache_size))
+        self._attribute()
+        self.feature_table = self._build_table(features)
+        self.table = self.feature_table.columns
+        self.stats_source = self.feature_table.stats_source
+        self.baseline = {}
+        self.baseline_result = self._compute(EvalConfig())
         self.baseline = self.baseline_result.metrics
         self.baseline_result.baseline = self.baseline
         self._cache[EvalConfig()] = self.baseline_result
@@ -289,119 +106,87 @@ class ExplorerSession:
             "explorer session ready in %.2fs: %d queries, %d candidates, d=%d, c=%d, baseline %s",
             time.perf_counter() - t0,
             data.n_queries,
-            n,
+            data.n_candidates,
             data.d,
             self.c,
             {k: round(v, 4) for k, v in self.baseline.items()},
         )
 
-    # ------------------------------------------------------------------ features
-    def _feature_table(self, features: str | Path | dict | None) -> dict[str, list]:
-        from analysis import modality_score, modality_tags
+    @property
+    def max_dense_scores(self) -> int:
+        return self.gram.max_scores
 
-        c = self.c
-        vals = torch.cat([self.codes_q.values, self.codes_c.values]).double()
-        idx = torch.cat([self.codes_q.indices, self.codes_c.indices])
-        n_rows = vals.shape[0]
+    def _attribute(self) -> None:
+        from analysis import pairs_from_relevant, retrieval_attribution, top_distractors
 
-        def mean_of(v: torch.Tensor, i: torch.Tensor, rows: int) -> torch.Tensor:
-            out = torch.zeros(c, dtype=torch.float64)
-            out.index_add_(0, i.reshape(-1), v.reshape(-1))
-            return out / max(rows, 1)
+        qi, ci = pairs_from_relevant(self.data.relevant)
+        if qi.numel() == 0:
+            raise ValueError("no query has a relevant candidate: nothing to attribute or evaluate")
+        self._pairs = (qi, ci)
+        att = retrieval_attribution(
+            self.codes_q,
+            self.codes_c,
+            self.dictionary,
+            pairs=(qi, ci),
+            x_q=self.data.queries,
+            x_c=self.data.candidates,
+            normalize=True,
+        )
+        self.attribution = att.attribution  # [c] float64
+        self.mean_similarity = att.mean_similarity
+        self.ranking = top_distractors(self.attribution, self.c)  # all concepts, best first
 
-        energy = mean_of(vals, idx, n_rows)
-        frequency = mean_of((vals != 0).double(), idx, n_rows)
+    def _build_table(self, features: str | Path | dict | None) -> FeatureTable:
         d = self.data
-        if {d.query_modality, d.candidate_modality} == {"text", "image"}:
-            side = {d.query_modality: self.codes_q, d.candidate_modality: self.codes_c}
-            et = mean_of(
-                side["text"].values.double(), side["text"].indices, side["text"].values.shape[0]
-            )
-            ei = mean_of(
-                side["image"].values.double(), side["image"].indices, side["image"].values.shape[0]
-            )
-            score = modality_score(et, ei)
-        else:
-            score = torch.full((c,), float("nan"), dtype=torch.float64)
-        total = float(energy.sum())
-        table: dict[str, list] = {
-            "energy": energy.tolist(),
-            "energy_share": (energy / total if total > 0 else energy).tolist(),
-            "frequency": frequency.tolist(),
-            "modality_score": score.tolist(),
-            "tag": modality_tags(score, energy),
-            "name": [""] * c,
-        }
-        self.stats_source = "explorer data"
+        cols = stats_columns(
+            self.codes_q, self.codes_c, self.c, d.query_modality, d.candidate_modality
+        )
+        source = "explorer data"
         if features is not None:
-            self._merge_table(table, features)
-        return table
+            merge_features(cols, read_features(features, self.c), self.c)
+            source = "features table"
+        return FeatureTable(cols, self.ranking, self.attribution, source)
 
-    def _merge_table(self, table: dict[str, list], features: str | Path | dict) -> None:
-        if isinstance(features, dict):
-            cols = {k: list(v) for k, v in features.items()}
-        else:
-            path = Path(features)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"no features table at {path}: pass features.parquet from saeprobe analyze"
-                )
-            if path.suffix == ".csv":
-                import pyarrow.csv as pacsv
-
-                cols = pacsv.read_csv(path).to_pydict()
-            else:
-                import pyarrow.parquet as pq
-
-                cols = pq.read_table(path).to_pydict()
-        if "feature" not in cols:
-            raise ValueError(
-                "the features table needs a 'feature' column (concept ids); use saeprobe analyze's features.parquet"
-            )
-        ids = [int(x) for x in cols["feature"]]
-        if ids and (min(ids) < 0 or max(ids) >= self.c):
-            raise ValueError(
-                f"features table ids span {min(ids)}..{max(ids)} but the SAE has {self.c} concepts; "
-                "use the table written for this SAE"
-            )
-        for alias in ("label", "description"):
-            if "name" not in cols and alias in cols:
-                cols["name"] = cols[alias]
-        for col in FEATURE_TABLE_COLUMNS:
-            if col not in cols:
-                continue
-            if col not in table:
-                table[col] = [None] * self.c
-            for i, v in zip(ids, cols[col]):
-                table[col][i] = v
-        self.stats_source = "features table"
-
+    # ------------------------------------------------------------------ features
     def features(
-        self, limit: int | None = 200, offset: int = 0, only_active: bool = True
+        self,
+        limit: int | None = 200,
+        offset: int = 0,
+        only_active: bool = True,
+        *,
+        sort: str = "rank",
+        descending: bool | None = None,
+        tag: str | None = None,
+        search: str | None = None,
     ) -> list[dict]:
-        """Concepts sorted by retrieval attribution (highest first) with their statistics."""
-        out = []
-        total = float(self.attribution.abs().sum()) or 1.0
-        A = self.attribution.tolist()
-        energy = self.table["energy"]
-        pos = 0
-        for i in self.ranking.tolist():
-            if only_active and not (energy[i] or A[i] != 0):
-                continue
-            if pos >= offset:
-                row = {
-                    "id": i,
-                    "rank": pos + 1,
-                    "attribution": A[i],
-                    "attribution_share": A[i] / total,
-                }
-                for col, vals in self.table.items():
-                    row[col] = vals[i]
-                out.append(row)
-            pos += 1
-            if limit is not None and len(out) >= limit:
-                break
-        return json_safe(out)
+        """Concepts sorted by retrieval attribution (highest first, or by ``sort``) with
+        their statistics; ``tag`` filters, ``search`` matches a name substring or an id."""
+        return self.feature_table.page(limit, offset, only_active, sort, descending, tag, search)[1]
+
+    def feature(self, i: int) -> dict:
+        """One concept's row of the feature table (its ``rank`` by attribution)."""
+        return self.feature_table.row(check_index(i, self.c, "feature id"))
+
+    def top_distractors(self, n: int) -> list[int]:
+        """The ``n`` active concepts of highest retrieval attribution."""
+        n = check_int(n, "n", 0, self.c)
+        t = self.feature_table
+        return [int(i) for i in t.order[t.active[t.order]][:n]]
+
+    def bridge_partners(self, i: int, n: int = 5) -> list[tuple[int, float]]:
+        """Concepts bridging with ``i`` over the relevant (text, image) pairs of the data
+        (:func:`analysis.bridge_partners`); empty unless one side is text and the other image."""
+        from analysis import Codes, bridge_partners
+
+        d = self.data
+        if {d.query_modality, d.candidate_modality} != {"text", "image"}:
+            return []
+        i = check_index(i, self.c, "feature id")
+        qi, ci = self._pairs
+        q = Codes(self.codes_q.values[qi], self.codes_q.indices[qi])
+        c = Codes(self.codes_c.values[ci], self.codes_c.indices[ci])
+        img, txt = (c, q) if d.query_modality == "text" else (q, c)
+        return bridge_partners(i, img, txt, self.dictionary, n)
 
     def info(self) -> dict:
         d = self.data
@@ -414,31 +199,18 @@ class ExplorerSession:
                 "ks": self.ks,
                 "ops": list(OPS),
                 "whiten": list(WHITEN),
+                "sides": list(SIDES),
                 "query_modality": d.query_modality,
                 "candidate_modality": d.candidate_modality,
                 "baseline": self.baseline,
                 "mean_cosine_relevant": self.mean_similarity,
                 "stats_source": self.stats_source,
-                "n_active": int(sum(1 for e in self.table["energy"] if e)),
+                "n_active": self.feature_table.n_active,
+                "top_distractors": self.top_distractors(min(64, self.c)),
             }
         )
 
-    # ------------------------------------------------------------------ embeddings (direct path)
-    def _base(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw vectors the op acts on: ``x`` (embeddings) or ``rec`` (SAE reconstructions)."""
-        if kind not in self._base_vecs:
-            from analysis import decode
-
-            if kind == "x":
-                v = (self.data.queries, self.data.candidates)
-            else:
-                v = tuple(
-                    decode(codes.values, codes.indices, self.dictionary, self.bias)
-                    for codes in (self.codes_q, self.codes_c)
-                )
-            self._base_vecs[kind] = v
-        return self._base_vecs[kind]
-
+    # ------------------------------------------------------------------ scoring
     def embeddings(
         self,
         ablate: Sequence[int] = (),
@@ -449,173 +221,26 @@ class ExplorerSession:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-norm ``(queries [Q, d], candidates [N, d])`` of a setting, computed directly with
         :func:`analysis.ablate` and :func:`saeprobe.whitening.realign`."""
-        return self._embeddings(EvalConfig.make(ablate, op, whiten, alpha, sides, c=self.c))
-
-    def _embeddings(self, cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = EvalConfig.make(ablate, op, whiten, alpha, sides, c=self.c)
         with self._lock:
-            if cfg in self._emb_cache:
-                self._emb_cache.move_to_end(cfg)
-                return self._emb_cache[cfg]
-        from analysis import ablate
+            return self.direct.embeddings(cfg)
 
-        S = list(cfg.ablate)
-        xq, xc = self.data.queries, self.data.candidates
-        q = (
-            ablate(xq, self.codes_q, self.dictionary, S, cfg.op, bias=self.bias)
-            if cfg.sides != "candidate"
-            else _unit(xq)
-        )
-        c = (
-            ablate(xc, self.codes_c, self.dictionary, S, cfg.op, bias=self.bias)
-            if cfg.sides != "query"
-            else _unit(xc)
-        )
-        if cfg.whiten == "realign":
-            from saeprobe.whitening import realign
+    def _path(self, cfg: EvalConfig) -> str:
+        return "fast" if self.gram.fits(cfg) else "direct"
 
-            q, c = realign(q, alpha=cfg.alpha), realign(c, alpha=cfg.alpha)
-        with self._lock:
-            self._emb_cache[cfg] = (q, c)
-            while len(self._emb_cache) > 2:
-                self._emb_cache.popitem(last=False)
-        return q, c
+    def _blocks(self, cfg: EvalConfig, rows: torch.Tensor | None = None, exact: bool = True):
+        d = self.data
+        scorer = self.gram if self.gram.fits(cfg) else self.direct
+        blocks = query_blocks(d.n_queries, d.n_candidates, self.chunk_size, scorer.block_scores, rows)
+        return scorer.blocks(cfg, blocks, exact)
 
-    # ------------------------------------------------------------------ fast path
-    def _fast_ok(self, cfg: EvalConfig) -> bool:
-        return (
-            cfg.whiten == "none"
-            and self.data.n_queries * self.data.n_candidates <= self.max_dense_scores
-        )
-
-    def _gram_of(self, kq: str, kc: str) -> torch.Tensor:
-        """Raw ``[Q, N]`` inner products of the query base ``kq`` with the candidate base ``kc``."""
-        if (kq, kc) not in self._gram:
-            self._gram[(kq, kc)] = self._base(kq)[0] @ self._base(kc)[1].T
-        return self._gram[(kq, kc)]
-
-    def _norms2(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared row norms (float64) of the base vectors."""
-        if kind not in self._norm2:
-            xq, xc = self._base(kind)
-            self._norm2[kind] = ((xq.double() ** 2).sum(1), (xc.double() ** 2).sum(1))
-        return self._norm2[kind]
-
-    def _restricted_codes(self, codes, S: torch.Tensor) -> torch.Tensor:
-        """Dense codes on the concepts ``S`` only: ``[N, |S|]``."""
-        lookup = torch.full((self.c,), -1, dtype=torch.long)
-        lookup[S] = torch.arange(S.numel())
-        pos = lookup[codes.indices]
-        ok = pos >= 0
-        A = torch.zeros(codes.values.shape[0], S.numel() + 1)
-        A.scatter_add_(
-            1, torch.where(ok, pos, S.numel()), torch.where(ok, codes.values.float(), 0.0)
-        )
-        return A[:, :-1]
-
-    def _fast_terms(self, cfg: EvalConfig):
-        """``(gram, U, V, n2_q, n2_c)`` with scores ``(gram - U V^T) / (|q'| |c'|)``."""
-        do_q, do_c = cfg.sides != "candidate", cfg.sides != "query"
-        # "zero" acts on the SAE reconstructions; a side left alone keeps its embeddings
-        kq = "rec" if cfg.op == "zero" and do_q else "x"
-        kc = "rec" if cfg.op == "zero" and do_c else "x"
-        xq, xc = self._base(kq)[0], self._base(kc)[1]
-        gram = self._gram_of(kq, kc)
-        n2_q, n2_c = self._norms2(kq)[0], self._norms2(kc)[1]
-        S = torch.tensor(cfg.ablate, dtype=torch.long)
-        if S.numel() == 0:
-            return gram, None, None, n2_q, n2_c
-        DS = self.dictionary[S]
-        if cfg.op == "project":
-            B, _ = torch.linalg.qr(DS.T.double())  # [d, r]
-            Pq, Pc = xq @ B.float(), xc @ B.float()
-            if do_q:
-                n2_q = n2_q - (Pq.double() ** 2).sum(1)
-            if do_c:
-                n2_c = n2_c - (Pc.double() ** 2).sum(1)
-            return gram, Pq, Pc, n2_q, n2_c
-        Gq, Gc = (xq @ DS.T).double(), (xc @ DS.T).double()
-        M = DS.double() @ DS.T.double()
-        Aq = self._restricted_codes(self.codes_q, S).double() if do_q else torch.zeros_like(Gq)
-        Ac = self._restricted_codes(self.codes_c, S).double() if do_c else torch.zeros_like(Gc)
-        AqM = Aq @ M
-        n2_q = n2_q - 2 * (Aq * Gq).sum(1) + (AqM * Aq).sum(1)
-        n2_c = n2_c - 2 * (Ac * Gc).sum(1) + ((Ac @ M) * Ac).sum(1)
-        U = torch.cat([Aq, Gq - AqM], 1).float()
-        V = torch.cat([Gc, Ac], 1).float()
-        return gram, U, V, n2_q, n2_c
-
-    # ------------------------------------------------------------------ scoring
-    def _score_blocks(self, cfg: EvalConfig, rows: torch.Tensor | None = None, exact: bool = True):
-        """Yield ``(query rows, scores [b, N])`` for a setting (all queries by default).
-
-        ``exact=False`` leaves out the per-query scale ``1 / |q'|`` (ranks within a row do not
-        change), saving a pass over the block.
-        """
-        Q = self.data.n_queries
-        # at most chunk_size query rows and about 8M scores per block
-        b = max(1, min(self.chunk_size, 8_000_000 // self.data.n_candidates))
-        if rows is None:
-            blocks = [slice(s, min(s + b, Q)) for s in range(0, Q, b)]
-        else:
-            blocks = [rows[s : s + b] for s in range(0, rows.numel(), b)]
-        if self._fast_ok(cfg):
-            gram, U, V, n2_q, n2_c = self._fast_terms(cfg)
-            inv_c = (1.0 / n2_c.clamp_min(0).sqrt().clamp_min(1e-12)).float()
-            inv_q = (1.0 / n2_q.clamp_min(0).sqrt().clamp_min(1e-12)).float()
-            for r in blocks:
-                num = (
-                    gram[r] * inv_c
-                    if U is None
-                    else torch.addmm(gram[r], U[r], V.T, alpha=-1.0).mul_(inv_c)
-                )
-                yield r, num.mul_(inv_q[r, None]) if exact else num
-        else:
-            q, c = self._embeddings(cfg)
-            for r in blocks:
-                yield r, q[r] @ c.T
-
-    def _ranks(self, r, scores: torch.Tensor, top: torch.Tensor | None = None) -> torch.Tensor:
-        """1-based rank of each row's best relevant candidate (0: none relevant): the number of
-        candidates scoring strictly higher, plus one."""
-        rel = self._rel_pad[r]
-        valid = rel >= 0
-        has = valid.any(1)
-        rs = torch.gather(scores, 1, rel.clamp_min(0)).masked_fill(~valid, float("-inf"))
-        best = rs.max(1).values
-        rank = torch.zeros(rel.shape[0], dtype=torch.long)
-        todo = has
-        if top is not None:  # relevant inside the top-K: its rank is its position
-            hit = (top[:, :, None] == rel[:, None, :]).logical_and_(valid[:, None, :]).any(2)
-            found = hit.any(1)
-            rank[found] = hit[found].int().argmax(1) + 1
-            todo = has & ~found
-        if todo.any():
-            idx = torch.nonzero(todo).reshape(-1)
-            sub = scores[idx]
-            rank[idx] = torch.gt(sub, best[idx, None]).sum(1, dtype=torch.int64) + 1
-        return rank
-
-    def _compute(self, cfg: EvalConfig, baseline: dict[str, float]) -> EvalResult:
-        from saeprobe.ranking import ranking_metrics
-
+    def _compute(self, cfg: EvalConfig) -> EvalResult:
         t0 = time.perf_counter()
-        tops, ranks = [], []
-        for r, scores in self._score_blocks(cfg, exact=False):
-            top = torch.topk(scores, self.k_top, dim=1).indices
-            tops.append(top)
-            ranks.append(self._ranks(r, scores, top))
-        top = torch.cat(tops)
-        rank = torch.cat(ranks).numpy()
-        m = ranking_metrics(top, self.data.relevant, self.ks, ndcg_k=10, complete=True)
-        metrics = {f"R@{k}": m[f"R@{k}"] for k in self.ks}
-        metrics["MRR"] = m["MRR"]
-        found = rank[rank > 0]
-        metrics["median_rank"] = float(np.median(found)) if found.size else float("nan")
+        top, rank = self.ranker.rank_blocks(self._blocks(cfg, exact=False))
+        metrics = self.ranker.metrics(top, rank)
         seconds = time.perf_counter() - t0
-        path = "fast" if self._fast_ok(cfg) else "direct"
-        return EvalResult(cfg, metrics, baseline, rank, top, seconds, path)
+        return EvalResult(cfg, metrics, self.baseline, rank, top, seconds, self._path(cfg))
 
-    # ------------------------------------------------------------------ public
     def evaluate(
         self,
         ablate: Sequence[int] = (),
@@ -633,7 +258,7 @@ class ExplorerSession:
                 return EvalResult(
                     hit.config, hit.metrics, hit.baseline, hit.ranks, hit.top, 0.0, hit.path
                 )
-            res = self._compute(cfg, self.baseline if hasattr(self, "baseline") else {})
+            res = self._compute(cfg)
             self._cache[cfg] = res
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -658,15 +283,10 @@ class ExplorerSession:
     ) -> dict:
         """One query's top ``top_n`` candidates and the rank of its relevant one, before
         (original embeddings) and after (the setting)."""
-        Q = self.data.n_queries
-        try:
-            i = int(i)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"query index must be an integer, got {i!r}") from exc
-        if not 0 <= i < Q:
-            raise ValueError(f"query index {i} is outside [0, {Q})")
-        cfg = EvalConfig.make(ablate, op, whiten, alpha, sides, c=self.c)
         d = self.data
+        i = check_index(i, d.n_queries, "query index")
+        top_n = check_int(top_n, "top_n", 1, 100)
+        cfg = EvalConfig.make(ablate, op, whiten, alpha, sides, c=self.c)
         out: dict[str, Any] = {
             "index": i,
             "label": d.query_label(i),
@@ -677,11 +297,11 @@ class ExplorerSession:
         rows = torch.tensor([i])
         for name, c in (("before", EvalConfig()), ("after", cfg)):
             with self._lock:
-                _, scores = next(self._score_blocks(c, rows))
-            n = min(int(top_n), d.n_candidates)
+                _, scores = next(self._blocks(c, rows))
+            n = min(top_n, d.n_candidates)
             val, idx = torch.topk(scores[0], n)
             out[name] = {
-                "rank": int(self._ranks(rows, scores)[0]),
+                "rank": int(self.ranker.ranks(rows, scores)[0]),
                 "top": [
                     {
                         "index": int(j),
@@ -707,10 +327,15 @@ class ExplorerSession:
         in ``steps`` (default 0, 1, 2, 4, ... ``n_max``)."""
         from analysis import default_steps
 
-        n_max = max(0, min(int(n_max), self.c))
-        steps = sorted({int(s) for s in steps}) if steps is not None else default_steps(n_max)
-        if steps and (steps[0] < 0 or steps[-1] > self.c):
-            raise ValueError(f"sweep steps must lie in [0, {self.c}]")
+        n_max = min(check_int(n_max, "n_max", 0), self.c)
+        if steps is not None:
+            if isinstance(steps, (str, bytes, dict)) or not isinstance(steps, Sequence):
+                raise ValueError("steps must be a list of integers")
+            steps = sorted({check_int(s, "sweep step", 0, self.c) for s in steps})
+            if len(steps) > 64:
+                raise ValueError(f"at most 64 sweep steps, got {len(steps)}")
+        else:
+            steps = default_steps(n_max)
         order = self.ranking.tolist()
         out: dict[str, Any] = {
             "x": steps,
@@ -726,4 +351,26 @@ class ExplorerSession:
             for k in self.ks:
                 out["recall"][str(k)].append(r.metrics[f"R@{k}"])
             out["MRR"].append(r.metrics["MRR"])
+        return json_safe(out)
+
+    def export(
+        self,
+        ablate: Sequence[int] = (),
+        op: str = "subtract",
+        whiten: str | bool = "none",
+        alpha: float = 0.1,
+        sides: str = "both",
+    ) -> dict:
+        """The setting, its metrics next to the baseline and the ablated features' rows
+        (JSON-ready; what the page's *Export* button downloads)."""
+        res = self.evaluate(ablate, op, whiten, alpha, sides)
+        out = res.to_dict()
+        out["setting"] = asdict(res.config)
+        out["features"] = [self.feature(i) for i in res.config.ablate]
+        out["data"] = {
+            "n_queries": self.data.n_queries,
+            "n_candidates": self.data.n_candidates,
+            "d": self.data.d,
+            "c": self.c,
+        }
         return json_safe(out)

@@ -75,7 +75,8 @@ def build_tiny_run(out: str | Path, *, steps: int = 150, seed: int = 0) -> Path:
     Parameters
     ----------
     out : str | Path
-        The run folder. When it already holds a completed tiny run it is reused as is.
+        The run folder. When it already holds a completed tiny run it is reused as is;
+        anything else there (an interrupted build) is removed first.
     steps : int
         SAE training steps per model (batch 64 tokens).
     seed : int
@@ -89,6 +90,8 @@ def build_tiny_run(out: str | Path, *, steps: int = 150, seed: int = 0) -> Path:
     out = Path(out)
     if (out / _DONE).is_file():
         return out
+    if out.exists():  # an interrupted build: start again
+        shutil.rmtree(out)
     from saeprobe.atomic import atomic_write_text
     from saeprobe.capture import capture
     from saeprobe.models import load_model
@@ -115,7 +118,9 @@ def build_tiny_run(out: str | Path, *, steps: int = 150, seed: int = 0) -> Path:
     )
     writer.set_stage("capture", time.perf_counter() - t0)
     for name, hook in _MODELS:
-        _add_model(writer, name, hook, model_dir, adapter.d_model, capture_dir / hook, items, steps, seed)
+        _add_model(
+            writer, name, hook, model_dir, adapter.d_model, capture_dir / hook, items, steps, seed
+        )
     shutil.rmtree(capture_dir, ignore_errors=True)  # the stores now live in the model folders
     writer.set_stage("total", time.perf_counter() - t0)
     atomic_write_text(out / _DONE, "ok\n", what="marker")
