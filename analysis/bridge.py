@@ -141,10 +141,21 @@ def bridge_partners(
     txt: Codes | tuple[torch.Tensor, torch.Tensor],
     dictionary: torch.Tensor,
     n: int = 5,
+    include_self: bool = False,
 ) -> list[tuple[int, float]]:
     """The concepts ``j`` with the largest ``B_ij + B_ji`` for one concept ``i`` (exact).
 
     Uses only the pairs where ``i`` is active: ``B_i. = E_p[z_img[p,i] z_txt[p]] * (D d_i)``.
+
+    Parameters
+    ----------
+    include_self
+        Also rank ``j = i`` (its ``2 B_ii`` is the concept bridging with itself: active in an
+        image and in the paired text). Off by default: partners are other concepts.
+
+    Returns
+    -------
+    Up to ``n`` ``(j, B_ij + B_ji)`` pairs, largest first, zero scores left out.
     """
     c = dictionary.shape[0]
     img, txt = _check_pairs(img, txt, c)
@@ -160,8 +171,10 @@ def bridge_partners(
                 0, b.indices[sel].reshape(-1), (zi[sel, None] * b.values[sel].double()).reshape(-1)
             )
     out = out / P * g
+    if not include_self:
+        out[concept] = float("-inf")
     vals, idx = torch.topk(out, min(n, c))
-    return [(int(i), float(v)) for i, v in zip(idx, vals) if v != 0]
+    return [(int(i), float(v)) for i, v in zip(idx, vals) if v != 0 and v != float("-inf")]
 
 
 def bridge_block(

@@ -26,6 +26,7 @@ from .tags import TagConfig, bridge_concepts, modality_tags, tag_energy_share
 
 logger = logging.getLogger(__name__)
 
+#: the columns of ``features.parquet`` (and of :meth:`AnalysisResult.features`), in order
 FEATURE_COLUMNS = (
     "feature",
     "energy",
@@ -36,6 +37,9 @@ FEATURE_COLUMNS = (
     "bridge_score",
     "attribution",
     "is_distractor",
+    "is_bridge",
+    "energy_text",
+    "energy_image",
 )
 
 
@@ -129,7 +133,8 @@ class AnalysisResult:
         return self.stats.c
 
     def features(self) -> dict[str, list]:
-        """Columns of the features table, one row per concept."""
+        """Columns of the features table (:data:`FEATURE_COLUMNS`, in order), one row per
+        concept."""
         c = self.c
         nan = [float("nan")] * c
         dset = set(self.distractors)

@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"saeprobe {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(
+            f"saeprobe {args.command}: interrupted; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except _user_errors() as exc:
         if args.verbose:

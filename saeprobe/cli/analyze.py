@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from .flags import add_config_flags, config_from_args
+from .runflags import add_run_flags, record_part, run_default, run_out
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "--sae", required=True, help="SAE folder or file (anything saeprobe.load_sae reads)"
+        "--sae",
+        help="SAE folder or file (anything saeprobe.load_sae reads; default with --run: the run "
+        "model's SAE)",
     )
     p.add_argument(
-        "--activations", help="activation store folder (per-token codes for the statistics)"
+        "--activations",
+        help="activation store folder (per-token codes for the statistics; default with --run: "
+        "the run model's store)",
     )
     p.add_argument(
         "--pairs",
@@ -48,7 +53,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="data source of the store's items (for feature-card texts and thumbnails): anything "
         "saeprobe.data.open_source reads, or a .jsonl with id/text/image(path) per line",
     )
-    p.add_argument("--out", required=True, help="output folder (published when complete)")
+    p.add_argument(
+        "--out",
+        help="output folder (published when complete; default with --run: "
+        "RUN/models/MODEL/analysis)",
+    )
+    add_run_flags(p, "write the analysis into")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument(
         "--include-system", action="store_true", help="keep SYSTEM tokens in the statistics"
@@ -124,6 +134,20 @@ def run(args: argparse.Namespace) -> int:
     from analysis.figures import load_sweep
     from saeprobe.cli import CLIError
 
+    if args.run:
+        args.sae = args.sae or run_default(args, "sae")
+        if not args.activations:
+            from saeprobe.run import RunError
+
+            try:
+                args.activations = run_default(args, "store")
+            except RunError:
+                if not args.pairs:
+                    raise
+        args.out = args.out or run_out(args, "analysis")
+    for flag in ("sae", "out"):
+        if not getattr(args, flag):
+            raise CLIError(f"pass --{flag} (or --run RUN to use a run folder's model)")
     if not args.activations and not args.pairs:
         raise CLIError("nothing to analyse: pass --activations STORE and/or --pairs PAIRS")
     sweeps = {}
@@ -175,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
         meta={"pairs": str(args.pairs)} if args.pairs else None,
         force=args.force,
     )
+    if args.run:
+        record_part(args, "analysis", args.out)
     result = files.result
     share = result.tag_share
     print(

@@ -10,6 +10,7 @@ import argparse
 import logging
 
 from .flags import add_config_flags, config_from_args
+from .runflags import add_run_flags
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--config", help="CaptureConfig JSON; flags override it")
-    p.add_argument("--run", help="also register the store in this run folder (docs/run-folder.md)")
-    p.add_argument("--name", help="model name in the run folder (default: the model folder name)")
+    add_run_flags(p, "register the model and its store in")
     dests = add_config_flags(
-        p, CaptureConfig, choices={"dtype": ("fp16", "bf16", "fp32", "float16", "bfloat16", "float32")}
+        p,
+        CaptureConfig,
+        choices={"dtype": ("fp16", "bf16", "fp32", "float16", "bfloat16", "float32")},
     )
     p.set_defaults(func=run, config_dests=dests)
 
@@ -80,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     source, _ = preflight(cfg)
+    if args.run:  # opened (or created) before the store is written into it
+        from saeprobe.run import RunWriter
+
+        RunWriter(args.run)
     if not cfg.progress:
         from transformers.utils import logging as hf_logging
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .runflags import add_run_flags
+
 logger = logging.getLogger(__name__)
 
 
@@ -81,6 +83,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--layer", default="final_norm", help="hook point: final_norm (the paper's) or resid_post.L"
     )
     p.add_argument("--out", default=None, help="results JSON path")
+    add_run_flags(p, "add the task's embeddings and scores to")
+    p.add_argument(
+        "--task-name",
+        default=None,
+        help="task name in the run folder (default: the --data folder name)",
+    )
     p.set_defaults(func=run)
 
 
@@ -159,4 +167,44 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         path = write_json(result.to_dict(), args.out)
         print(f"results: {path}")
+    if args.run:
+        where = add_to_run(args, adapter, task, result)
+        print(f"embeddings and scores: {where}")
     return 0
+
+
+def add_to_run(args: argparse.Namespace, adapter, task, result) -> str:
+    """Register the model (when new) and the task's embeddings + scores in ``--run``."""
+    from pathlib import Path
+
+    from saeprobe.run import RunWriter
+    from saeprobe.run.layout import check_name
+
+    writer = RunWriter(args.run)
+    name = args.name or Path(str(args.model).rstrip("/")).name
+    if name not in writer.index["models"]:
+        writer.add_model(
+            name,
+            path=args.model,
+            kind="dual" if getattr(adapter, "is_dual_encoder", False) else "mllm",
+            d=adapter.d_model,
+            hook_point=result.layer,
+            pool=result.pool,
+        )
+    task_name = check_name(args.task_name or Path(str(args.data).rstrip("/")).name, "task")
+    q, c = result.embeddings
+    modality = {"text": "text", "image": "image"}
+    folder = writer.add_task(
+        name,
+        task_name,
+        queries=q,
+        candidates=c,
+        relevant=task.relevant_rows(),
+        query_ids=task.queries.ids,
+        candidate_ids=task.corpus.ids,
+        query_modality=modality.get(task.queries.kind),
+        candidate_modality=modality.get(task.corpus.kind),
+        task_type=task.task,
+        results=result.to_dict(),
+    )
+    return str(folder)

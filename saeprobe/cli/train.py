@@ -18,6 +18,7 @@ import json
 import sys
 
 from .flags import add_config_flags, config_from_args
+from .runflags import add_run_flags, record_part, run_default, run_out
 
 # flags that are not config fields, or config fields with another flag name
 _RENAME = {"total_tokens": "tokens"}
@@ -36,9 +37,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "under torchrun. Every TrainConfig field is a flag; --config FILE.json loads one.",
     )
     p.add_argument(
-        "--activations", required=True, help="activation store folder (saeprobe capture)"
+        "--activations",
+        help="activation store folder (saeprobe capture; default with --run: "
+        "the run model's store)",
     )
-    p.add_argument("--out", required=True, help="output folder (SAE, checkpoints, metrics.jsonl)")
+    p.add_argument(
+        "--out",
+        help="output folder (SAE, checkpoints/, metrics.jsonl; default with --run: "
+        "RUN/models/MODEL/sae)",
+    )
+    add_run_flags(p, "write the SAE into")
     p.add_argument("--config", help="TrainConfig JSON (e.g. sae_training/configs/qwen2-vl-7b.json)")
     p.add_argument(
         "--eval-activations", help="held-out store evaluated every --eval-interval steps"
@@ -48,7 +56,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out (same config and data)"
     )
     mode.add_argument(
-        "--force", action="store_true", help="replace a previous run in --out (its files are removed)"
+        "--force",
+        action="store_true",
+        help="replace a previous run in --out (its files are removed)",
     )
     p.add_argument("--keep-system", action="store_true", help="train on SYSTEM tokens too")
     dests = add_config_flags(
@@ -61,6 +71,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run, config_dests=dests)
     return p
+
+
+def resolve_paths(args: argparse.Namespace) -> None:
+    """``--activations`` / ``--out`` from ``--run`` when not given (one-line error if neither)."""
+    from saeprobe.cli import CLIError
+
+    if args.run:
+        args.activations = args.activations or run_default(args, "store")
+        args.out = args.out or run_out(args, "sae")
+    for flag in ("activations", "out"):
+        if not getattr(args, flag):
+            raise CLIError(f"pass --{flag} (or --run RUN to use a run folder's model)")
 
 
 def build_config(args: argparse.Namespace):
@@ -82,11 +104,14 @@ def run(args: argparse.Namespace) -> int:
     from sae_training.trainer import train
     from saeprobe.distributed import init_distributed
 
+    resolve_paths(args)
     cfg = build_config(args)
     info = init_distributed()
     result = train(
         cfg, args.activations, eval_data=args.eval_activations, resume=args.resume, force=args.force
     )
+    if info.rank == 0 and args.run:
+        record_part(args, "sae", result.out_dir)
     if info.rank == 0:
         m = result.metrics
         fmt = lambda k: f"{m[k]:.4f}" if isinstance(m.get(k), float) else "n/a"  # noqa: E731

@@ -110,9 +110,8 @@ class ExplorerApp:
         concept = check_index(concept, s.c, "feature id")
         partners = [
             {"id": j, "score": v, "tag": s.table["tag"][j]}
-            for j, v in s.bridge_partners(concept, 6)
-            if j != concept
-        ][:5]
+            for j, v in s.bridge_partners(concept, 5)
+        ]
         return json_safe(
             {
                 "id": concept,

@@ -55,7 +55,7 @@ class Spectrum(NamedTuple):
 
 def fit_spectrum(x: torch.Tensor, chunk_size: int = 16384) -> Spectrum:
     """Mean and covariance spectrum of ``x [n, d]`` (the statistics ReAlign fits)."""
-    from saeprobe.whitening.covariance import in_memory_stats
+    from saeprobe.whitening import in_memory_stats
 
     n, d = x.shape
     if n < 2:

@@ -286,9 +286,8 @@ class RunExplorer(ExplorerApp):
             s = self.session(model, task)
             partners = [
                 {"id": j, "score": v, "tag": s.table["tag"][j]}
-                for j, v in s.bridge_partners(concept, 6)
-                if j != concept
-            ][:5]
+                for j, v in s.bridge_partners(concept, 5)
+            ]
         out = {
             "id": concept,
             "row": table.row(concept),

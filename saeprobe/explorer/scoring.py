@@ -10,6 +10,7 @@ import torch
 
 __all__ = ["Ranker", "query_blocks"]
 
+
 def query_blocks(
     n_queries: int,
     n_candidates: int,

@@ -174,7 +174,7 @@ class ExplorerSession:
         return [int(i) for i in t.order[t.active[t.order]][:n]]
 
     def bridge_partners(self, i: int, n: int = 5) -> list[tuple[int, float]]:
-        """Concepts bridging with ``i`` over the relevant (text, image) pairs of the data
+        """Other concepts bridging with ``i`` over the relevant (text, image) pairs of the data
         (:func:`analysis.bridge_partners`); empty unless one side is text and the other image."""
         from analysis import Codes, bridge_partners
 
@@ -231,7 +231,9 @@ class ExplorerSession:
     def _blocks(self, cfg: EvalConfig, rows: torch.Tensor | None = None, exact: bool = True):
         d = self.data
         scorer = self.gram if self.gram.fits(cfg) else self.direct
-        blocks = query_blocks(d.n_queries, d.n_candidates, self.chunk_size, scorer.block_scores, rows)
+        blocks = query_blocks(
+            d.n_queries, d.n_candidates, self.chunk_size, scorer.block_scores, rows
+        )
         return scorer.blocks(cfg, blocks, exact)
 
     def _compute(self, cfg: EvalConfig) -> EvalResult:

@@ -50,8 +50,10 @@ def _mean_per_concept(
 def stats_columns(
     codes_q: Any, codes_c: Any, c: int, query_modality: str | None, candidate_modality: str | None
 ) -> dict[str, list]:
-    """Energy, energy share, frequency, modality score and tag of each concept over the
-    query and candidate codes (modality scores need one text side and one image side)."""
+    """Energy, energy share, frequency, modality score, tag and per-modality energies of each
+    concept over the query and candidate codes (the modality columns need one text side and
+    one image side; NaN otherwise). Bridge score and the distractor / bridge flags come only
+    from ``features.parquet`` (:func:`merge_features`)."""
     from analysis import modality_score, modality_tags
 
     vals = torch.cat([codes_q.values, codes_c.values])
@@ -67,7 +69,7 @@ def stats_columns(
         )
         score = modality_score(et, ei)
     else:
-        score = torch.full((c,), float("nan"), dtype=torch.float64)
+        et = ei = score = torch.full((c,), float("nan"), dtype=torch.float64)
     total = float(energy.sum())
     return {
         "energy": energy.tolist(),
@@ -75,6 +77,8 @@ def stats_columns(
         "frequency": frequency.tolist(),
         "modality_score": score.tolist(),
         "tag": modality_tags(score, energy),
+        "energy_text": et.tolist(),
+        "energy_image": ei.tolist(),
         "name": [""] * c,
     }
 

@@ -99,6 +99,8 @@ class RetrievalResult:
     timing: dict[str, float] = field(default_factory=dict)
     layer: str = "final_norm"
     pool: str = "mean"
+    #: the unwhitened ``(queries [Q, d], candidates [N, d])`` scored (not in ``to_dict``)
+    embeddings: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,4 +158,5 @@ def evaluate(
         timing={"embed_s": t_embed, "score_s": time.perf_counter() - t1},
         layer=layer_name,
         pool=pool,
+        embeddings=(q, c),
     )

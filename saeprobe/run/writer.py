@@ -197,6 +197,14 @@ class RunWriter:
         self.save()
         return folder
 
+    def set_part(self, name: str, part: str, path: str | os.PathLike) -> None:
+        """Record that ``part`` (``store`` / ``sae`` / ``analysis``) of model ``name`` lives at
+        ``path`` (outside ``models/<name>/``) in its ``model.json``."""
+        folder = self.model_dir(name)
+        meta = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
+        meta.setdefault("parts", {})[part] = str(Path(path).resolve())
+        atomic_write_json(folder / MODEL_FILE, meta, what="model description")
+
     def model_dir(self, name: str) -> Path:
         if name not in self.index["models"]:
             raise RunError(f"model {name!r} is not in {self.root}; add_model() it first")

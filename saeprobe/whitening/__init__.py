@@ -15,7 +15,7 @@ authors' reference code), ``candidates``, ``support``, ``joint``.
 
 from __future__ import annotations
 
-from .covariance import CovarianceAccumulator, gram
+from .covariance import CovarianceAccumulator, gram, in_memory_stats
 from .functional import STATS_MODES, realign, whiten_pair
 from .methods import (
     WHITENING_METHODS,
@@ -42,6 +42,7 @@ __all__ = [
     "available_methods",
     "canonical_method",
     "gram",
+    "in_memory_stats",
     "realign",
     "register_whitening",
     "whiten_pair",

@@ -309,7 +309,10 @@ class Whitener:
         n_zero = 0
         zero_tol = max(1e-5 * float(torch.linalg.vector_norm(b)), 1e-30)
         direct = (
-            not half_cuda and out.dtype == torch.float32 and out.device == dev and out.is_contiguous()
+            not half_cuda
+            and out.dtype == torch.float32
+            and out.device == dev
+            and out.is_contiguous()
         )
         for s in range(0, n, chunk):
             x = X[s : s + chunk].to(dev, non_blocking=True)

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from analysis import AnalysisConfig, save_pairs, stats_from_store
+from analysis import FEATURE_COLUMNS, AnalysisConfig, save_pairs, stats_from_store
 from saeprobe.sae import SAEConfig, TopKSAE
 from saeprobe.store import ActivationStore
 from tests.helpers import (
@@ -51,18 +51,8 @@ def test_analyze_cli_writes_report_and_tables(inputs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "textual" in printed and "report:" in printed
     table = pq.read_table(out / "features.parquet").to_pydict()
-    for col in (
-        "feature",
-        "energy",
-        "energy_share",
-        "frequency",
-        "modality_score",
-        "tag",
-        "bridge_score",
-        "attribution",
-        "is_distractor",
-    ):
-        assert col in table
+    assert tuple(table) == FEATURE_COLUMNS  # one table of columns: analysis.FEATURE_COLUMNS
+    assert "is_bridge" in FEATURE_COLUMNS and "energy_text" in FEATURE_COLUMNS
     assert table["feature"] == list(range(C))
     assert pacsv.read_csv(out / "features.csv").num_rows == C
     # energy against a dense float64 reference over the store's non-system tokens

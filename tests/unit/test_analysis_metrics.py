@@ -182,7 +182,14 @@ def test_bridge_sparse_equals_dense(n_candidates):
     assert torch.allclose(bridge_block((vi, ii), (vt, it), D, rows, cols), B[rows][:, cols])
     sym = B[5] + B[:, 5]
     vals, idx = torch.topk(sym, 4)
+    got = bridge_partners(5, (vi, ii), (vt, it), D, n=4, include_self=True)
+    assert [j for j, _ in got] == idx.tolist()
+    assert [v for _, v in got] == pytest.approx(vals.tolist())
+    others = sym.clone()
+    others[5] = float("-inf")
+    vals, idx = torch.topk(others, 4)
     got = bridge_partners(5, (vi, ii), (vt, it), D, n=4)
+    assert 5 not in [j for j, _ in got]
     assert [j for j, _ in got] == idx.tolist()
     assert [v for _, v in got] == pytest.approx(vals.tolist())
 
