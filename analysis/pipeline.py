@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch
 
 from saeprobe import Modality
 from saeprobe.atomic import atomic_write, atomic_write_text
+from saeprobe.jsonconfig import JSONConfig
 
 from .ablation import AblationSweep, ablation_sweep
 from .attribution import Attribution, retrieval_attribution, top_distractors
@@ -44,7 +45,7 @@ FEATURE_COLUMNS = (
 
 
 @dataclass
-class AnalysisConfig:
+class AnalysisConfig(JSONConfig):
     """Settings of :func:`analyze` (JSON round-trip with ``to_dict`` / ``from_dict``; each
     field is a ``saeprobe analyze`` flag whose help is the docstring under it)."""
 
@@ -93,22 +94,6 @@ class AnalysisConfig:
             )
         if self.query_side not in ("text", "image"):
             raise ValueError(f"query_side must be 'text' or 'image', got {self.query_side!r}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ks"] = list(self.ks)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AnalysisConfig:
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, s: str) -> AnalysisConfig:
-        return cls.from_dict(json.loads(s))
 
 
 @dataclass

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
+
+from saeprobe.jsonconfig import JSONConfig
 
 TAGS = ("textual", "visual", "bimodal", "unknown", "dead")
 
 
 @dataclass
-class TagConfig:
+class TagConfig(JSONConfig):
     """Thresholds for concept tags.
 
     Scores are in the paper's convention (1 = textual): ``score > textual`` -> textual,
@@ -26,20 +27,6 @@ class TagConfig:
     visual: float = 0.1
     bridge_mass: float = 0.5
     bridge_max: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TagConfig:
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, s: str) -> TagConfig:
-        return cls.from_dict(json.loads(s))
 
 
 def text_convention(score: torch.Tensor, convention: str) -> torch.Tensor:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from saeprobe.atomic import atomic_write_text
+from saeprobe.jsonconfig import JSONConfig
 from saeprobe.sae import available_archs
 
 AUTOCAST = ("auto", "bf16", "none")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JSONConfig):
     """Everything a training run needs, except the data (round-trips to JSON; every field is
     a ``saeprobe train`` flag whose help is the docstring under it).
 
@@ -149,38 +146,5 @@ class TrainConfig:
             raise ValueError("set total_tokens or epochs (e.g. --epochs 5 or --tokens 100_000_000)")
 
     # ----- JSON ----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            atomic_write_text(Path(path), text, what="training config")
-        return text
-
-    @classmethod
-    def from_json(cls, path_or_text: str | os.PathLike) -> TrainConfig:
-        s = str(path_or_text)
-        if s.lstrip().startswith("{"):
-            return cls.from_dict(json.loads(s))
-        p = Path(s)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} not found")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"config file {p} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
-
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

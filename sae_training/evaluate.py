@@ -40,8 +40,21 @@ logger = logging.getLogger(__name__)
 __all__ = ["ReconstructionResult", "SpliceResult", "evaluate_reconstruction", "evaluate_splice"]
 
 
+class _Metrics:
+    """``to_dict`` and the SAEBench grouping of a result's flat ``metrics``."""
+
+    metrics: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def saebench(self) -> dict[str, dict[str, Any]]:
+        """The metrics grouped into SAEBench's ``core`` categories."""
+        return saebench_nested(self.metrics)
+
+
 @dataclass
-class SpliceResult:
+class SpliceResult(_Metrics):
     """Splice evaluation of one SAE at one hook point.
 
     Attributes
@@ -79,13 +92,6 @@ class SpliceResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     density_histogram: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def saebench(self) -> dict[str, dict[str, Any]]:
-        """The metrics grouped into SAEBench's ``core`` categories."""
-        return saebench_nested(self.metrics)
-
     def summary(self) -> str:
         m = self.metrics
         extra = (
@@ -103,7 +109,7 @@ class SpliceResult:
 
 
 @dataclass
-class ReconstructionResult:
+class ReconstructionResult(_Metrics):
     """Reconstruction, sparsity and density metrics of an SAE on stored activations.
 
     Attributes
@@ -119,12 +125,6 @@ class ReconstructionResult:
     n_tokens: int
     metrics: dict[str, Any]
     density_histogram: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def saebench(self) -> dict[str, dict[str, Any]]:
-        return saebench_nested(self.metrics)
 
     def summary(self) -> str:
         m = self.metrics

@@ -472,18 +472,10 @@ class Trainer:
         )
 
 
-def train(
-    cfg: TrainConfig,
-    data: Any,
-    *,
-    sae: Any = None,
-    eval_data: Any = None,
-    metadata: dict[str, Any] | None = None,
-    resume: bool = False,
-    force: bool = False,
-) -> TrainResult:
-    """Train an SAE: ``Trainer(cfg, data, ...).fit()`` (see :class:`Trainer`)."""
-    trainer = Trainer(
-        cfg, data, sae=sae, eval_data=eval_data, metadata=metadata, resume=resume, force=force
-    )
-    return trainer.fit()
+def train(cfg: TrainConfig, data: Any, **options: Any) -> TrainResult:
+    """Train an SAE: ``Trainer(cfg, data, **options).fit()``.
+
+    ``options`` are :class:`Trainer`'s keywords: ``sae``, ``eval_data``, ``metadata``,
+    ``resume``, ``force``.
+    """
+    return Trainer(cfg, data, **options).fit()

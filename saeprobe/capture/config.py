@@ -3,20 +3,18 @@ is a flag whose help is the docstring under it)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from .. import dtypes
 from ..hooks import parse_hook_points
+from ..jsonconfig import JSONConfig
 from ..pooling import check_pools
 
 __all__ = ["CaptureConfig"]
 
 
 @dataclass
-class CaptureConfig:
+class CaptureConfig(JSONConfig):
     """What to capture, from which model and data, into which store.
 
     :meth:`validate` checks everything that can be checked before a model is loaded or a
@@ -85,17 +83,3 @@ class CaptureConfig:
     @property
     def pools(self) -> list[str]:
         return [p.strip() for p in self.pool.split(",") if p.strip()]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CaptureConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown CaptureConfig keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

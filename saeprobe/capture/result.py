@@ -7,25 +7,18 @@ from dataclasses import dataclass, field
 import torch
 
 from .._types import Modality
-from .stream import CaptureBatch
+from .stream import CaptureBatch, TokenRecords
 
 __all__ = ["CaptureResult", "merge_batches"]
 
 
 @dataclass
-class CaptureResult:
-    """What :func:`capture` collected (in memory) or wrote (to a store).
+class CaptureResult(TokenRecords):
+    """What :func:`capture` collected (in memory) or wrote (to a store): the fields of
+    :class:`TokenRecords` (token tensors empty when written to a store), plus:
 
     Attributes
     ----------
-    acts : dict[str, Tensor]
-        ``[n_tokens, d]`` per hook point (empty when written to a store).
-    sample_id, position, token_id, modality : Tensor [n_tokens]
-        Token labels (empty when written to a store).
-    pooled : dict[str, dict[str, Tensor]]
-        ``[n_items, d]`` per hook point and pooling, rows in :attr:`sample_index` order.
-    sample_index : LongTensor [n_items]
-    item_ids : list[str]
     n_tokens, n_items : int
     seconds : float
     modality_counts : dict[str, int]
@@ -37,14 +30,6 @@ class CaptureResult:
         Store folder of each hook point (written to a store).
     """
 
-    acts: dict[str, torch.Tensor]
-    sample_id: torch.Tensor
-    position: torch.Tensor
-    token_id: torch.Tensor
-    modality: torch.Tensor
-    pooled: dict[str, dict[str, torch.Tensor]]
-    sample_index: torch.Tensor
-    item_ids: list[str]
     n_tokens: int = 0
     n_items: int = 0
     seconds: float = 0.0

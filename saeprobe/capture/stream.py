@@ -16,12 +16,12 @@ from ..pooling import NATIVE, POOLS, check_pools
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CaptureBatch", "iter_captures", "resolve_points"]
+__all__ = ["CaptureBatch", "TokenRecords", "iter_captures", "resolve_points"]
 
 
 @dataclass
-class CaptureBatch:
-    """Activations of one model batch.
+class TokenRecords:
+    """Per-token activations with their labels, and per-item pooled embeddings.
 
     Attributes
     ----------
@@ -36,12 +36,11 @@ class CaptureBatch:
     modality : Int8Tensor [n_tokens]
         :class:`~saeprobe.Modality` labels.
     pooled : dict[str, dict[str, Tensor]]
-        ``pooled[hook][pool]`` is ``[B, d]`` float32 (``pooled["native"]["native"]`` for a
-        dual encoder's own embedding).
-    sample_index : LongTensor [B]
-        Data-order index of each item of the batch.
+        ``pooled[hook][pool]`` is ``[n_items, d]`` float32 (``pooled["native"]["native"]``
+        for a dual encoder's own embedding), rows in :attr:`sample_index` order.
+    sample_index : LongTensor [n_items]
+        Data-order index of each item.
     item_ids : list[str]
-    tower : str | None
     """
 
     acts: dict[str, torch.Tensor]
@@ -52,6 +51,13 @@ class CaptureBatch:
     pooled: dict[str, dict[str, torch.Tensor]]
     sample_index: torch.Tensor
     item_ids: list[str]
+
+
+@dataclass
+class CaptureBatch(TokenRecords):
+    """Activations of one model batch (the fields of :class:`TokenRecords`, plus the
+    ``tower`` a dual encoder ran)."""
+
     tower: str | None = None
 
     @property

@@ -8,25 +8,25 @@ import json
 import logging
 from pathlib import Path
 
-from .flags import add_config_flags, config_from_args
+from .flags import add_command, add_config_flags, config_from_args
 from .runflags import add_run_flags, record_part, run_default, run_out
 
 logger = logging.getLogger(__name__)
 
 
+HELP = "concept statistics, tags, bridge, attribution, distractors -> HTML report"
+DESCRIPTION = (
+    "Analyse the concepts of an SAE: statistics from an activation store, bridge scores, "
+    "retrieval attribution and an ablation sweep from matched image-text pairs. Writes "
+    "OUT/report.html (works offline), OUT/features.parquet, OUT/features.csv and "
+    "OUT/summary.json. See docs/analysis.md."
+)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from analysis import AnalysisConfig
 
-    p = subparsers.add_parser(
-        "analyze",
-        help="concept statistics, tags, bridge, attribution, distractors -> HTML report",
-        description=(
-            "Analyse the concepts of an SAE: statistics from an activation store, bridge scores, "
-            "retrieval attribution and an ablation sweep from matched image-text pairs. Writes "
-            "OUT/report.html (works offline), OUT/features.parquet, OUT/features.csv and "
-            "OUT/summary.json. See docs/analysis.md."
-        ),
-    )
+    p = add_command(subparsers, "analyze", HELP, description=DESCRIPTION)
     p.add_argument(
         "--sae",
         help="SAE folder or file (anything saeprobe.load_sae reads; default with --run: the run "

@@ -9,24 +9,24 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .flags import add_config_flags, config_from_args
+from .flags import add_command, add_config_flags, config_from_args
 from .runflags import add_run_flags
 
 logger = logging.getLogger(__name__)
 
 
+HELP = "capture per-token activations (+ pooled embeddings) into an activation store"
+DESCRIPTION = (
+    "Run a model over a data set and write per-token activations with their modality "
+    "labels to a sharded, resumable, checksummed activation store. Under torchrun each "
+    "rank captures its share into its own shards of the same store."
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from saeprobe.capture.config import CaptureConfig
 
-    p = sub.add_parser(
-        "capture",
-        help="capture per-token activations (+ pooled embeddings) into an activation store",
-        description=(
-            "Run a model over a data set and write per-token activations with their modality "
-            "labels to a sharded, resumable, checksummed activation store. Under torchrun each "
-            "rank captures its share into its own shards of the same store."
-        ),
-    )
+    p = add_command(sub, "capture", HELP, description=DESCRIPTION)
     p.add_argument("--config", help="CaptureConfig JSON; flags override it")
     add_run_flags(p, "register the model and its store in")
     dests = add_config_flags(

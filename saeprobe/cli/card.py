@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .flags import add_command
+
+HELP = "(re)write the hub-ready README.md model card of a saved SAE"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "card",
-        help="(re)write the hub-ready README.md model card of a saved SAE",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "card", HELP, __doc__)
     p.add_argument(
         "sae_dir", metavar="SAE_DIR", help="SAE folder (cfg.json + sae_weights.safetensors)"
     )

@@ -9,14 +9,16 @@ import argparse
 import json
 from pathlib import Path
 
+from .flags import add_command
+
+HELP = (
+    "convert an SAE checkpoint (paper .pt, sae-lens folder, hf://, registered name) to "
+    "saeprobe's layout"
+)
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "convert",
-        help="convert an SAE checkpoint (paper .pt, sae-lens folder, hf://, registered name) to "
-        "saeprobe's layout",
-        description=__doc__,
-    )
+    p = add_command(subparsers, "convert", HELP, __doc__)
     p.add_argument(
         "input",
         metavar="IN",

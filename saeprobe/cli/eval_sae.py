@@ -19,15 +19,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .flags import add_command
+
+HELP = (
+    "SAE metrics: CE loss recovered / KL with the SAE spliced in, explained variance, "
+    "L0, dead / dense latents, feature density"
+)
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "eval-sae",
-        help="SAE metrics: CE loss recovered / KL with the SAE spliced in, explained variance, "
-        "L0, dead / dense latents, feature density",
-        description=__doc__.split("Example")[0].strip(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "eval-sae", HELP, __doc__.split("Example")[0].strip())
     p.add_argument("--sae", required=True, help="SAE folder (saeprobe train --out) or file")
     p.add_argument("--model", help="hub id or local folder (with its LM head): splice the SAE in")
     p.add_argument(

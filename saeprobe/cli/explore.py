@@ -11,21 +11,23 @@ import argparse
 import logging
 import webbrowser
 
+from .flags import add_command
+
 logger = logging.getLogger(__name__)
 
 
+HELP = "local web explorer: concepts, cards, ablation, ReAlign, Recall@k before / after"
+DESCRIPTION = (
+    "Serve a local page (no network access) over a run folder (saeprobe explore RUN_DIR) "
+    "or one SAE + embeddings file (--sae --data): a feature table and an energy-vs-"
+    "modality scatter linked to feature cards with top-activating items, checkboxes to "
+    "ablate features, a ReAlign alpha slider, live Recall@1/5/10 and MRR before vs after "
+    "and a per-query view. Formats: docs/run-folder.md, docs/explorer.md."
+)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "explore",
-        help="local web explorer: concepts, cards, ablation, ReAlign, Recall@k before / after",
-        description=(
-            "Serve a local page (no network access) over a run folder (saeprobe explore RUN_DIR) "
-            "or one SAE + embeddings file (--sae --data): a feature table and an energy-vs-"
-            "modality scatter linked to feature cards with top-activating items, checkboxes to "
-            "ablate features, a ReAlign alpha slider, live Recall@1/5/10 and MRR before vs after "
-            "and a per-query view. Formats: docs/run-folder.md, docs/explorer.md."
-        ),
-    )
+    p = add_command(subparsers, "explore", HELP, description=DESCRIPTION)
     p.add_argument("run_dir", nargs="?", help="a run folder (has run.json), e.g. out/demo")
     p.add_argument("--model", help="run folder: the model to open first (default: the first)")
     p.add_argument("--task", help="run folder: the task to open first (default: the first)")

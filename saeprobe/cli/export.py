@@ -17,14 +17,13 @@ import json
 import re
 from pathlib import Path
 
+from .flags import add_command
+
+HELP = "export SAE features: export neuronpedia RUN_DIR --out DIR"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "export",
-        help="export SAE features: export neuronpedia RUN_DIR --out DIR",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "export", HELP, __doc__)
     sub = p.add_subparsers(dest="export_format", metavar="FORMAT")
     np_ = sub.add_parser("neuronpedia", help="Neuronpedia / SAEDashboard JSON (+ images)")
     np_.add_argument("run_dir", metavar="RUN_DIR", help="run folder (run.json)")

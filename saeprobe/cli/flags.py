@@ -21,7 +21,17 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["add_config_flags", "config_from_args", "field_docs"]
+__all__ = ["add_command", "add_config_flags", "config_from_args", "field_docs"]
+
+
+def add_command(
+    subparsers: Any, name: str, help: str, doc: str | None = None, **kw: Any
+) -> argparse.ArgumentParser:
+    """Register sub-command ``name``; ``doc`` (the module docstring, shown as written) is its
+    ``--help`` description unless ``description=`` is given (wrapped as usual)."""
+    if doc is not None and "description" not in kw:
+        kw.update(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return subparsers.add_parser(name, help=help, **kw)
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .flags import add_command
 from .runflags import add_run_flags
 
 logger = logging.getLogger(__name__)
@@ -61,17 +62,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=100, help="neighbours retrieved per query")
 
 
+HELP = "zero-shot retrieval on an M-BEIR task: base vs ReAlign and other whitening"
+DESCRIPTION = (
+    "Embed the queries and candidates of an M-BEIR task (paper prompts; mean-pooled "
+    "final_norm for MLLMs, the projected embedding for CLIP/SigLIP), cache them, and "
+    "print Recall@1/5/10, MRR and nDCG@10 for each whitening method. Under torchrun "
+    "each rank embeds its share (through the cache folder) and rank 0 scores."
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "retrieve",
-        help="zero-shot retrieval on an M-BEIR task: base vs ReAlign and other whitening",
-        description=(
-            "Embed the queries and candidates of an M-BEIR task (paper prompts; mean-pooled "
-            "final_norm for MLLMs, the projected embedding for CLIP/SigLIP), cache them, and "
-            "print Recall@1/5/10, MRR and nDCG@10 for each whitening method. Under torchrun "
-            "each rank embeds its share (through the cache folder) and rank 0 scores."
-        ),
-    )
+    p = add_command(sub, "retrieve", HELP, description=DESCRIPTION)
     add_common(p)
     p.add_argument(
         "--whiten",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .flags import add_command
+
 COLUMNS = (
     ("name", "name"),
     ("base model", "base_model"),
@@ -23,13 +25,11 @@ COLUMNS = (
 )
 
 
+HELP = "published SAEs: saes list, saes show NAME"
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "saes",
-        help="published SAEs: saes list, saes show NAME",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "saes", HELP, __doc__)
     sub = p.add_subparsers(dest="saes_command", metavar="ACTION")
     ls = sub.add_parser("list", help="print the table of registered SAEs")
     ls.add_argument("--json", action="store_true", help="one JSON object per line instead")

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import add_config_flags, config_from_args
+from .flags import add_command, add_config_flags, config_from_args
+
+HELP = "the paper's study (capture, SAE, concepts, retrieval, sweeps) on your models and data"
+DESCRIPTION = __doc__.split("\n\n")[1]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from saeprobe.study import StudyConfig
 
-    p = sub.add_parser(
-        "study",
-        help="the paper's study (capture, SAE, concepts, retrieval, sweeps) on your models and data",
-        description=__doc__.split("\n\n")[1],
-    )
+    p = add_command(sub, "study", HELP, description=DESCRIPTION)
     p.add_argument("--out", required=True, help="run folder (created; a finished stage is kept)")
     p.add_argument("--config", help="StudyConfig JSON; flags override it")
     p.add_argument("--title", default="saeprobe study", help="title of the report")

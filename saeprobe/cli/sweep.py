@@ -6,22 +6,24 @@ import argparse
 import logging
 from pathlib import Path
 
+from .flags import add_command
+
 logger = logging.getLogger(__name__)
+
+
+HELP = "retrieval sweeps on an M-BEIR task: ReAlign alpha, or every layer"
+DESCRIPTION = (
+    "alpha: ReAlign recall for each shrinkage alpha (one embedding pass). "
+    "layers: recall of mean-pooled embeddings of every layer's residual stream "
+    "(resid_post.L, one forward pass captures all) plus final_norm, base and ReAlign. "
+    "Writes the sweep JSON (format in docs/retrieval.md) and an offline plotly HTML."
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from saeprobe.cli.retrieve import add_common
 
-    p = sub.add_parser(
-        "sweep",
-        help="retrieval sweeps on an M-BEIR task: ReAlign alpha, or every layer",
-        description=(
-            "alpha: ReAlign recall for each shrinkage alpha (one embedding pass). "
-            "layers: recall of mean-pooled embeddings of every layer's residual stream "
-            "(resid_post.L, one forward pass captures all) plus final_norm, base and ReAlign. "
-            "Writes the sweep JSON (format in docs/retrieval.md) and an offline plotly HTML."
-        ),
-    )
+    p = add_command(sub, "sweep", HELP, description=DESCRIPTION)
     p.add_argument("kind", choices=["alpha", "layers"], help="what to sweep")
     add_common(p)
     p.add_argument(

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from .flags import add_config_flags, config_from_args
+from .flags import add_command, add_config_flags, config_from_args
 from .runflags import add_run_flags, record_part, run_default, run_out
 
 # flags that are not config fields, or config fields with another flag name
@@ -25,17 +25,19 @@ _RENAME = {"total_tokens": "tokens"}
 _SKIP = ("out_dir", "d_in")
 
 
+HELP = "train a sparse autoencoder on stored activations"
+DESCRIPTION = (
+    "Train an SAE on an activation store; checkpointed and resumable, DDP "
+    "under torchrun. Every TrainConfig field is a flag; --config FILE.json loads one."
+)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from sae_training import RECIPES, TrainConfig
     from sae_training.config import AUTOCAST
     from saeprobe.sae import available_archs
 
-    p = subparsers.add_parser(
-        "train",
-        help="train a sparse autoencoder on stored activations",
-        description="Train an SAE on an activation store; checkpointed and resumable, DDP "
-        "under torchrun. Every TrainConfig field is a flag; --config FILE.json loads one.",
-    )
+    p = add_command(subparsers, "train", HELP, description=DESCRIPTION)
     p.add_argument(
         "--activations",
         help="activation store folder (saeprobe capture; default with --run: "

@@ -148,20 +148,11 @@ class ExplorerSession:
         return FeatureTable(cols, self.ranking, self.attribution, source)
 
     # ------------------------------------------------------------------ features
-    def features(
-        self,
-        limit: int | None = 200,
-        offset: int = 0,
-        only_active: bool = True,
-        *,
-        sort: str = "rank",
-        descending: bool | None = None,
-        tag: str | None = None,
-        search: str | None = None,
-    ) -> list[dict]:
-        """Concepts sorted by retrieval attribution (highest first, or by ``sort``) with
-        their statistics; ``tag`` filters, ``search`` matches a name substring or an id."""
-        return self.feature_table.page(limit, offset, only_active, sort, descending, tag, search)[1]
+    def features(self, limit: int | None = 200, offset: int = 0, **filters: Any) -> list[dict]:
+        """Concepts sorted by retrieval attribution (highest first) with their statistics;
+        ``filters`` are :meth:`FeatureTable.page`'s: ``only_active``, ``sort``,
+        ``descending``, ``tag`` (filter) and ``search`` (a name substring or an id)."""
+        return self.feature_table.page(limit, offset, **filters)[1]
 
     def feature(self, i: int) -> dict:
         """One concept's row of the feature table (its ``rank`` by attribution)."""
@@ -355,17 +346,11 @@ class ExplorerSession:
             out["MRR"].append(r.metrics["MRR"])
         return json_safe(out)
 
-    def export(
-        self,
-        ablate: Sequence[int] = (),
-        op: str = "subtract",
-        whiten: str | bool = "none",
-        alpha: float = 0.1,
-        sides: str = "both",
-    ) -> dict:
-        """The setting, its metrics next to the baseline and the ablated features' rows
-        (JSON-ready; what the page's *Export* button downloads)."""
-        res = self.evaluate(ablate, op, whiten, alpha, sides)
+    def export(self, *setting: Any, **kw: Any) -> dict:
+        """The setting (the arguments of :meth:`evaluate`), its metrics next to the baseline
+        and the ablated features' rows (JSON-ready; what the page's *Export* button
+        downloads)."""
+        res = self.evaluate(*setting, **kw)
         out = res.to_dict()
         out["setting"] = asdict(res.config)
         out["features"] = [self.feature(i) for i in res.config.ablate]

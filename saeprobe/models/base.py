@@ -200,6 +200,16 @@ class ModelAdapter:
         """The processor's image processor (None for text-only models)."""
         return getattr(self.processor, "image_processor", None)
 
+    def check_token_id(self, token: str, expected: int, field: str = "image_token_id") -> None:
+        """The tokenizer must map ``token`` to the config's ``field`` (a mismatched tokenizer
+        would label no image tokens)."""
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if tid != expected:
+            raise ValueError(
+                f"tokenizer id of {token!r} is {tid} but config.{field} is {expected}; load the "
+                "tokenizer saved with this model"
+            )
+
     @property
     def chat_template(self) -> str | None:
         """The processor's chat template, else the tokenizer's."""

@@ -52,6 +52,10 @@ class DualEncoderAdapter(ModelAdapter):
 
     towers: ClassVar[tuple[str, ...]] = ("text", "vision")
     is_dual_encoder: ClassVar[bool] = True
+    #: tokenizer padding of the text tower (``longest`` or ``max_length``)
+    text_padding: ClassVar[str] = "longest"
+    #: pass no attention mask to the text tower (it attends over the pads, as trained)
+    text_attends_pads: ClassVar[bool] = False
 
     @classmethod
     def load_model(cls, name_or_path: str, *, dtype: torch.dtype | None, **kwargs) -> nn.Module:
@@ -160,15 +164,17 @@ class DualEncoderAdapter(ModelAdapter):
         """Tokenise; return (model inputs, tokenizer output with attention/special masks)."""
         enc = self.tokenizer(
             texts,
-            padding="longest",
+            padding=self.text_padding,
             truncation=True,
             max_length=self._text_max_length(),
             padding_side="right",
+            return_attention_mask=True,
             return_special_tokens_mask=True,
             return_tensors="pt",
         )
-        inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        return inputs, enc
+        if self.text_attends_pads:  # no attention mask to the model
+            return {"input_ids": enc["input_ids"]}, enc
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, enc
 
     def _encode_text(self, texts: list[str], ids: list[str]) -> EncodedBatch:
         inputs, enc = self._encode_text_inputs(texts)

@@ -51,12 +51,7 @@ class Gemma3Adapter(ModelAdapter):
         self.boi_token = getattr(tok, "boi_token", None) or "<start_of_image>"
         self.eoi_token = getattr(tok, "eoi_token", None) or "<end_of_image>"
         self.image_token = getattr(tok, "image_token", None) or "<image_soft_token>"
-        tid = tok.convert_tokens_to_ids(self.image_token)
-        if tid != self.image_token_id:
-            raise ValueError(
-                f"tokenizer id of {self.image_token!r} is {tid} but config.image_token_id is "
-                f"{self.image_token_id}; load the tokenizer saved with this model"
-            )
+        self.check_token_id(self.image_token, self.image_token_id)
         self._trims: bool | None = None
 
     @classmethod

@@ -115,12 +115,7 @@ class Idefics3Adapter(ModelAdapter):
             getattr(tok, "fake_image_token", None) or "<fake_token_around_image>"
         )
         self.global_image_token = getattr(tok, "global_image_token", None) or "<global-img>"
-        tid = tok.convert_tokens_to_ids(self.image_token)
-        if tid != self.image_token_id:
-            raise ValueError(
-                f"tokenizer id of {self.image_token!r} is {tid} but config.image_token_id is "
-                f"{self.image_token_id}; load the tokenizer saved with this model"
-            )
+        self.check_token_id(self.image_token, self.image_token_id)
 
     # ----- loading -------------------------------------------------------------------
     @classmethod

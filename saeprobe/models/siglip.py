@@ -43,6 +43,9 @@ class SiglipAdapter(DualEncoderAdapter):
     """Adapter for ``SiglipModel`` and ``Siglip2Model`` (see the module docstring)."""
 
     architectures = ("SiglipModel", "Siglip2Model")
+    # SigLIP was trained on max-length padded texts and attends over the pads
+    text_padding = "max_length"
+    text_attends_pads = True
 
     @property
     def is_naflex(self) -> bool:
@@ -54,27 +57,6 @@ class SiglipAdapter(DualEncoderAdapter):
         if tower == "text":
             return self.model.text_model.final_layer_norm
         return self.model.vision_model.post_layernorm
-
-    def _text_max_length(self) -> int:
-        n = int(self.model.config.text_config.max_position_embeddings)
-        tml = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tml, int) and 0 < tml < n:
-            n = tml
-        return n
-
-    def _encode_text_inputs(self, texts: list[str]) -> tuple[dict[str, torch.Tensor], Any]:
-        enc = self.tokenizer(
-            texts,
-            padding="max_length",
-            truncation=True,
-            max_length=self._text_max_length(),
-            padding_side="right",
-            return_attention_mask=True,
-            return_special_tokens_mask=True,
-            return_tensors="pt",
-        )
-        # no attention mask: SigLIP attends over the pads, as it was trained
-        return {"input_ids": enc["input_ids"]}, enc
 
     def _image_inputs(self, images: list[Any]) -> dict[str, torch.Tensor]:
         out = self.image_processor([_rgb(im) for im in images], return_tensors="pt")

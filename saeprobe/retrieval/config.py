@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ..jsonconfig import JSONConfig
 from ..whitening import STATS_MODES, canonical_method
 
 __all__ = ["DEFAULT_CACHE", "NATIVE", "RetrievalConfig", "method_label"]
@@ -18,7 +18,8 @@ DEFAULT_CACHE = (
 
 
 @dataclass
-class RetrievalConfig:
+class RetrievalConfig(JSONConfig):
+    unknown_keys = "ignore"  # results files of other versions
     """Settings of a retrieval evaluation (round-trips to JSON).
 
     Attributes
@@ -75,14 +76,6 @@ class RetrievalConfig:
         if self.depth < 1 or self.chunk_size < 1 or self.ndcg_k < 1:
             raise ValueError("depth, chunk_size and ndcg_k must be >= 1")
         self.depth = max(self.depth, max(self.ks), self.ndcg_k)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RetrievalConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def method_label(method: str) -> str:

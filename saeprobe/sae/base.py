@@ -296,6 +296,24 @@ class SAE(nn.Module):
             "l0": n_active.detach().to(x_hat.dtype) / B,
         }
 
+    def _add_auxk(
+        self,
+        loss: Tensor,
+        terms: dict[str, Tensor],
+        spec: LossSpec,
+        x: Tensor,
+        x_hat: Tensor,
+        sae_in: Tensor,
+        fast: bool = False,
+        pre: Tensor | None = None,
+    ) -> Tensor:
+        """``loss + auxk_coeff * AuxK`` when AuxK is on; sets ``terms["auxk"]`` (0 when off)."""
+        if spec.auxk_coeff and spec.dead_mask is not None:
+            terms["auxk"] = self._auxk(x, x_hat, spec.dead_mask, spec.k_aux, fast, sae_in, pre)
+            return loss + spec.auxk_coeff * terms["auxk"]
+        terms["auxk"] = x_hat.new_zeros(())
+        return loss
+
     def _auxk(
         self,
         x: Tensor,

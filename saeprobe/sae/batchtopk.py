@@ -56,7 +56,7 @@ class BatchTopKSAE(SAE):
     def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """``mse + l1_coeff * l1 + auxk_coeff * auxk`` with batch top-k codes; updates the
         inference threshold."""
-        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
+        l1_coeff = spec.l1_coeff
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         pre = self.pre_acts(x).to(self.W_enc.dtype)
@@ -69,9 +69,6 @@ class BatchTopKSAE(SAE):
         x_hat = self.decode(z)
         terms = self._terms(x, x_hat, z.sum(), (z > 0).sum())
         loss = terms["mse"] + l1_coeff * terms["l1"] if l1_coeff else terms["mse"]
-        terms["auxk"] = x_hat.new_zeros(())
-        if auxk_coeff and dead_mask is not None:
-            terms["auxk"] = self._auxk(x, x_hat, dead_mask, k_aux, False, sae_in)
-            loss = loss + auxk_coeff * terms["auxk"]
+        loss = self._add_auxk(loss, terms, spec, x, x_hat, sae_in)
         v, i = sparsify(z, None)
         return TrainForward(loss, x_hat, v, i, terms)

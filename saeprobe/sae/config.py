@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from .. import dtypes
+from ..jsonconfig import JSONConfig
 from .registry import SAE_REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ def torch_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 @dataclass
-class SAEConfig:
+class SAEConfig(JSONConfig):
+    unknown_keys: ClassVar[str] = "warn"  # cfg.json is shared with sae-lens and others
     """Configuration of a sparse autoencoder.
 
     Attributes
@@ -107,21 +108,3 @@ class SAEConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return torch_dtype(self.dtype)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            logger.warning("SAEConfig: ignoring unknown fields %s", ", ".join(unknown))
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> SAEConfig:
-        return cls.from_dict(json.loads(text))

@@ -72,7 +72,7 @@ class GatedSAE(SAE):
 
         ``terms`` adds ``aux`` (the frozen-decoder reconstruction MSE of the gate).
         """
-        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
+        l1_coeff = spec.l1_coeff
         x = self._flat(x).to(self.W_enc.dtype)
         pi_gate, pi_mag = self._paths(x)
         z = (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
@@ -87,9 +87,6 @@ class GatedSAE(SAE):
         loss = terms["mse"] + terms["aux"]
         if l1_coeff:
             loss = loss + l1_coeff * terms["l1"]
-        terms["auxk"] = x_hat.new_zeros(())
-        if auxk_coeff and dead_mask is not None:
-            terms["auxk"] = self._auxk(x, x_hat, dead_mask, k_aux, False, self._sae_in(x))
-            loss = loss + auxk_coeff * terms["auxk"]
+        loss = self._add_auxk(loss, terms, spec, x, x_hat, self._sae_in(x))
         v, i = sparsify(z, self.cfg.k)
         return TrainForward(loss, x_hat, v, i, terms)

@@ -84,7 +84,7 @@ class JumpReLUSAE(SAE):
 
     def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """``mse + l1_coeff * l0`` (STE L0 per row); ``l1`` is reported, ``auxk`` optional."""
-        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
+        l1_coeff = spec.l1_coeff
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         pre = self.pre_acts(x).to(self.W_enc.dtype)
@@ -95,9 +95,6 @@ class JumpReLUSAE(SAE):
         terms = self._terms(x, x_hat, z.sum(), (z > 0).sum())
         terms["l0"] = l0
         loss = terms["mse"] + l1_coeff * l0 if l1_coeff else terms["mse"]
-        terms["auxk"] = x_hat.new_zeros(())
-        if auxk_coeff and dead_mask is not None:
-            terms["auxk"] = self._auxk(x, x_hat, dead_mask, k_aux, False, sae_in)
-            loss = loss + auxk_coeff * terms["auxk"]
+        loss = self._add_auxk(loss, terms, spec, x, x_hat, sae_in)
         v, i = sparsify(z, self.cfg.k)
         return TrainForward(loss, x_hat, v, i, terms)

@@ -128,7 +128,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """Loss of a batch ``x [B, d]``: mean level MSE ``+ l1_coeff * l1 + auxk_coeff * auxk``;
         updates the inference threshold."""
-        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
+        l1_coeff, fast = spec.l1_coeff, spec.fast
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         k_total = self.cfg.k * x.shape[0]
@@ -154,8 +154,5 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         loss = torch.stack(per_level).mean()
         if l1_coeff:
             loss = loss + l1_coeff * terms["l1"]
-        terms["auxk"] = x_hat.new_zeros(())
-        if auxk_coeff and dead_mask is not None:
-            terms["auxk"] = self._auxk(x, x_hat, dead_mask, k_aux, fast, sae_in, pre.detach())
-            loss = loss + auxk_coeff * terms["auxk"]
+        loss = self._add_auxk(loss, terms, spec, x, x_hat, sae_in, fast, pre.detach())
         return TrainForward(loss, x_hat, vals, idx, terms)

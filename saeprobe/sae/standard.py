@@ -25,7 +25,7 @@ class StandardSAE(SAE):
     def loss(self, x: Tensor, spec: LossSpec) -> TrainForward:
         """``mse + l1_coeff * l1`` with ``l1 = sum |z| / (B c)`` (times ``||W_dec[i]||`` when
         ``cfg.l1_scale_by_decoder_norm``); ``auxk`` as in Top-K when requested."""
-        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
+        l1_coeff = spec.l1_coeff
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         z = self._encode_dense(x)
@@ -36,9 +36,6 @@ class StandardSAE(SAE):
             l1_sum = z.sum()
         terms = self._terms(x, x_hat, l1_sum, (z > 0).sum())
         loss = terms["mse"] + l1_coeff * terms["l1"] if l1_coeff else terms["mse"]
-        terms["auxk"] = x_hat.new_zeros(())
-        if auxk_coeff and dead_mask is not None:
-            terms["auxk"] = self._auxk(x, x_hat, dead_mask, k_aux, False, sae_in)
-            loss = loss + auxk_coeff * terms["auxk"]
+        loss = self._add_auxk(loss, terms, spec, x, x_hat, sae_in)
         v, i = sparsify(z, self.cfg.k)
         return TrainForward(loss, x_hat, v, i, terms)

@@ -49,7 +49,7 @@ class TopKSAE(SAE):
         ``auxk_coeff > 0`` and ``dead_mask`` (BoolTensor [c]) marks dead latents; ``k_aux``
         defaults to ``d_in // 2`` (capped at the number of dead latents).
         """
-        l1_coeff, auxk_coeff, k_aux, dead_mask, fast = spec
+        l1_coeff, fast = spec.l1_coeff, spec.fast
         x = self._flat(x).to(self.W_enc.dtype)
         sae_in = self._sae_in(x)
         k = self.cfg.k
@@ -70,9 +70,5 @@ class TopKSAE(SAE):
         loss = terms["mse"]
         if l1_coeff:
             loss = loss + l1_coeff * terms["l1"]
-        if auxk_coeff and dead_mask is not None:
-            terms["auxk"] = self._auxk(x, x_hat, dead_mask, k_aux, fast, sae_in, pre)
-            loss = loss + auxk_coeff * terms["auxk"]
-        else:
-            terms["auxk"] = x_hat.new_zeros(())
+        loss = self._add_auxk(loss, terms, spec, x, x_hat, sae_in, fast, pre)
         return TrainForward(loss, x_hat, vals, idx, terms)

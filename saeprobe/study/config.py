@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from ..jsonconfig import JSONConfig
 
 __all__ = ["ModelSpec", "StudyConfig"]
 
@@ -39,7 +38,7 @@ class ModelSpec:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(JSONConfig):
     """The study of the paper on any models and data (``saeprobe study``; ``saeprobe demo``
     fills it with the scenes models and data)."""
 
@@ -113,17 +112,3 @@ class StudyConfig:
 
     def model_specs(self) -> list[ModelSpec]:
         return [ModelSpec.parse(m) for m in self.models]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StudyConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown StudyConfig keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

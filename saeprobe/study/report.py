@@ -8,7 +8,7 @@ from typing import Any
 
 from saeprobe.atomic import atomic_write_text
 
-from .results import KS, METHODS, mean_recall
+from .results import KS, METHODS, recall_rows
 
 __all__ = ["write_report"]
 
@@ -22,12 +22,9 @@ th:first-child,td:first-child,td:nth-child(2){text-align:left}.finding{margin:.4
 
 def _table(results: dict) -> str:
     rows = ["<tr><th>model</th><th>method</th>" + "".join(f"<th>R@{k}</th>" for k in KS) + "</tr>"]
-    for name, m in results["models"].items():
-        for method in METHODS:
-            if not any(method in t["scores"] for t in m["retrieval"].values()):
-                continue
-            cells = "".join(f"<td>{100 * mean_recall(m, method, k):.2f}</td>" for k in KS)
-            rows.append(f"<tr><td>{html.escape(name)}</td><td>{method}</td>{cells}</tr>")
+    for name, method, recalls in recall_rows(results):
+        cells = "".join(f"<td>{100 * r:.2f}</td>" for r in recalls)
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{method}</td>{cells}</tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 

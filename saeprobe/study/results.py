@@ -30,6 +30,17 @@ def mean_recall(model: dict, method: str, k: str) -> float:
     )
 
 
+def recall_rows(results: dict) -> list[tuple[str, str, list[float]]]:
+    """``(model, method, [mean Recall@k for k in KS])`` for every method a model was scored
+    with: the rows of the headline table."""
+    return [
+        (name, method, [mean_recall(m, method, k) for k in KS])
+        for name, m in results["models"].items()
+        for method in METHODS
+        if any(method in t["scores"] for t in m["retrieval"].values())
+    ]
+
+
 def findings(models: dict[str, dict]) -> dict[str, Any]:
     """What reproduced, per claim of the paper (measured numbers, no verdict forced).
 
@@ -66,12 +77,9 @@ def headline(results: dict[str, Any]) -> str:
     lines = ["Recall@k (%, mean over tasks)"]
     head = f"{'model':<16} {'method':<9} " + " ".join(f"{'R@' + k:>7}" for k in KS)
     lines += [head, "-" * len(head)]
-    for name, m in results["models"].items():
-        for method in METHODS:
-            if not any(method in t["scores"] for t in m["retrieval"].values()):
-                continue
-            vals = " ".join(f"{100 * mean_recall(m, method, k):>7.2f}" for k in KS)
-            lines.append(f"{name:<16} {method:<9} {vals}")
+    for name, method, recalls in recall_rows(results):
+        vals = " ".join(f"{100 * r:>7.2f}" for r in recalls)
+        lines.append(f"{name:<16} {method:<9} {vals}")
     lines += ["", "energy share of concepts by modality tag (%)"]
     head = f"{'model':<16} {'textual':>8} {'visual':>8} {'bimodal':>8}"
     lines += [head, "-" * len(head)]

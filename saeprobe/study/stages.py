@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from analysis import AnalysisConfig, Pairs, ablate, analyze_store, encode_all
+from analysis import AnalysisConfig, Pairs, ablate, analyze_store, encode_all, pairs_from_capture
 from sae_training import StoreSource, TrainConfig, train
 from saeprobe import Modality
 from saeprobe.capture import capture
@@ -27,7 +27,6 @@ from saeprobe.store import (
     ActivationStore,
     ActivationStoreWriter,
     StoreError,
-    load_pooled,
     merge_pooled,
 )
 
@@ -163,18 +162,9 @@ class ModelStages:
     # ------------------------------------------------------------------ analysis
     def pairs(self, store: Path, source: Any) -> Pairs:
         """Matched image / caption embeddings of the analysis data (pooled mean or native)."""
-        pooled, ids = load_pooled(store)
-        key = "native.native" if self.dual else "final_norm.mean"
-        rows = {int(s): r for r, s in enumerate(pooled["sample_index"].tolist())}
-        img, txt, pid, keys = [], [], [], []
-        for p in source.pairs():
-            if p.image_index in rows and p.text_index in rows:
-                img.append(rows[p.image_index])
-                txt.append(rows[p.text_index])
-                pid.append(f"{p.image_id}#{p.caption_index}")
-                keys.append(str(p.image_id))
-        emb = pooled[key].float()
-        return Pairs(emb[img], emb[txt], pid, {"source": str(store), "pooled_key": key}, keys)
+        return pairs_from_capture(
+            store, source, "native.native" if self.dual else "final_norm.mean"
+        )
 
     def analyze(self, sae: Any, store: Path, source: Any) -> Any:
         """Energy / modality shares, bridge, attribution, distractors, ablation sweep, report."""

@@ -219,6 +219,13 @@ class PCA(SpectralMethod):
         return evecs[:, :k] * _inv_sqrt(evals, stats.config.eps)[:k]
 
 
+def _mle_covariance(stats) -> tuple[int, torch.Tensor, int, float]:
+    """``(n, S = scatter / n, D, tr(S) / D)``: what both shrinkage formulas start from."""
+    s = stats.scatter / stats.n
+    d = s.shape[0]
+    return stats.n, s, d, float(torch.trace(s)) / d
+
+
 @register_whitening("ledoit_wolf", aliases=("lw", "ledoit-wolf", "ledoitwolf"))
 class LedoitWolf(ZCA):
     """ZCA of the Ledoit-Wolf (2004) shrinkage covariance (intensity from the data)."""
@@ -228,10 +235,7 @@ class LedoitWolf(ZCA):
 
     def shrinkage(self, stats):
         """scikit-learn's formula for the MLE covariance ``S = scatter / n``."""
-        n = stats.n
-        s = stats.scatter / n
-        d = s.shape[0]
-        mu = float(torch.trace(s)) / d
+        n, s, d, mu = _mle_covariance(stats)
         fro2 = float((s * s).sum())
         delta = (fro2 - 2 * mu * float(torch.trace(s)) + d * mu * mu) / d  # ||S - mu I||^2 / d
         beta = min((stats.sum_r2 / n - fro2) / (d * n), delta)
@@ -245,10 +249,7 @@ class OAS(ZCA):
     shrinks = True
 
     def shrinkage(self, stats):
-        n = stats.n
-        s = stats.scatter / n
-        d = s.shape[0]
-        mu = float(torch.trace(s)) / d
+        n, s, d, mu = _mle_covariance(stats)
         alpha = float((s * s).mean())
         num = alpha + mu * mu
         den = (n + 1) * (alpha - mu * mu / d)

@@ -6,13 +6,14 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..atomic import atomic_save_safetensors, atomic_write_json
+from ..jsonconfig import JSONConfig
 from .covariance import CovarianceAccumulator, in_memory_stats, nonfinite_message
 from .methods import FitStats, canonical_method, get_method
 
@@ -24,7 +25,8 @@ FORMAT = "saeprobe.whitener/1"
 
 
 @dataclass
-class WhitenerConfig:
+class WhitenerConfig(JSONConfig):
+    unknown_keys = "ignore"  # whitener files of other versions
     """Settings of a :class:`Whitener` (round-trips to JSON).
 
     Attributes
@@ -68,14 +70,6 @@ class WhitenerConfig:
     @property
     def centers(self) -> bool:
         return self.center if self.center is not None else get_method(self.method).centers
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WhitenerConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass

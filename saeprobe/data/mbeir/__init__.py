@@ -16,30 +16,17 @@ modalities the task uses are kept. :func:`write_task_folder` writes one.
 
 from __future__ import annotations
 
+from . import tasks as _tasks
 from .side import MBEIRSide, find_task_files
 from .task import MBEIRTask, open_mbeir
-from .tasks import (
-    MBEIR_ID_TO_TASK,
-    PROMPTS_BY_TASK,
-    TASK_NAMES,
-    TASK_TYPES,
-    TASKS,
-    TaskType,
-    infer_task,
-)
+from .tasks import *  # noqa: F403 - the task-type table and its views (tasks.__all__)
 from .writer import write_task_folder
 
 __all__ = [
-    "MBEIR_ID_TO_TASK",
-    "PROMPTS_BY_TASK",
-    "TASKS",
-    "TASK_NAMES",
-    "TASK_TYPES",
+    *_tasks.__all__,
     "MBEIRSide",
     "MBEIRTask",
-    "TaskType",
     "find_task_files",
-    "infer_task",
     "open_mbeir",
     "write_task_folder",
 ]

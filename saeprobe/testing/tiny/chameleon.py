@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import instantiate, save_all, special_ids
+from .common import decoder, instantiate, prepend_bos, save_all, special_ids
 
 #: image size seen by the tiny VQ-VAE (real: 512)
 IMAGE_SIZE = 32
@@ -30,14 +30,7 @@ VQ_CONFIG: dict[str, Any] = {
     "num_res_blocks": 1,
 }
 
-TEXT_CONFIG: dict[str, Any] = {
-    "hidden_size": 48,
-    "intermediate_size": 96,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
-}
+TEXT_CONFIG: dict[str, Any] = decoder()
 
 
 def image_code_token(code: int) -> str:
@@ -47,7 +40,6 @@ def image_code_token(code: int) -> str:
 
 def build(out_dir: Path) -> Path:
     """Save a tiny random ``ChameleonForConditionalGeneration`` + processor to ``out_dir``."""
-    from tokenizers.processors import TemplateProcessing
     from transformers import (
         ChameleonConfig,
         ChameleonForConditionalGeneration,
@@ -69,10 +61,7 @@ def build(out_dir: Path) -> Path:
         pad_token="<pad>",
         sep_token="<reserved08706>",
     )
-    bos = tok.convert_tokens_to_ids("<s>")
-    tok._tokenizer.post_processor = TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
+    prepend_bos(tok, "<s>")
     image_processor = ChameleonImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import instantiate, special_ids
+from .common import instantiate, save_all, special_ids, tower
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -41,29 +41,13 @@ def build(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     tok = build_tokenizer_with_template(BOS, EOS, EOS, model_max_length=24)
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=24,
-            **special_ids(tok),
-        ),
-        vision_config=dict(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
+        text_config=tower(32, vocab_size=len(tok), max_position_embeddings=24, **special_ids(tok)),
+        vision_config=tower(48, image_size=32, patch_size=8),
         projection_dim=16,
     )
     model = instantiate(CLIPModel, config)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     )
-    CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
-    return out_dir
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tok)
+    return save_all(out_dir, model, processor)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import instantiate, special_ids
+from .common import instantiate, save_all, special_ids, tower
 
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
@@ -57,12 +57,9 @@ def build(out_dir: Path) -> Path:
     )
     ids = {t: tok.convert_tokens_to_ids(t) for t in (BOI, EOI, IMAGE)}
     config = Gemma3Config(
-        text_config=dict(
+        text_config=tower(
+            32,
             vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
             num_key_value_heads=1,
             head_dim=16,
             sliding_window=16,
@@ -70,15 +67,7 @@ def build(out_dir: Path) -> Path:
             max_position_embeddings=512,
             **special_ids(tok),
         ),
-        vision_config=dict(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-            vision_use_head=False,
-        ),
+        vision_config=tower(16, image_size=32, patch_size=8, vision_use_head=False),
         mm_tokens_per_image=MM_TOKENS,
         boi_token_index=ids[BOI],
         eoi_token_index=ids[EOI],
@@ -95,6 +84,4 @@ def build(out_dir: Path) -> Path:
         chat_template=GEMMA3_CHAT_TEMPLATE,
         image_seq_length=MM_TOKENS,
     )
-    proc.save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
-    return out_dir
+    return save_all(out_dir, model, proc)

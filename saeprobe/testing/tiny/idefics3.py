@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import instantiate, special_ids
+from .common import instantiate, save_all, special_ids, tower
 
 ROW_COL = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
 IMAGE_TOKENS = [
@@ -32,6 +32,26 @@ IDEFICS3_CHAT_TEMPLATE = (
 
 SMOLVLM_CHAT_TEMPLATE = "<|im_start|>" + IDEFICS3_CHAT_TEMPLATE[len("<|begin_of_text|>") :]
 
+#: variant -> (transformers class prefix, image-processor module, bos, eos, pad, template)
+VARIANTS = {
+    "idefics3": (
+        "Idefics3",
+        "idefics3.image_processing_pil_idefics3",
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<pad>",
+        IDEFICS3_CHAT_TEMPLATE,
+    ),
+    "smolvlm": (
+        "SmolVLM",
+        "smolvlm.image_processing_pil_smolvlm",
+        "<|im_start|>",
+        "<end_of_utterance>",
+        "<|im_end|>",
+        SMOLVLM_CHAT_TEMPLATE,
+    ),
+}
+
 #: tiny image geometry shared by the config and the image processor
 VISION = dict(image_size=32, patch_size=8)
 SCALE_FACTOR = 2
@@ -39,57 +59,33 @@ IMAGE_SEQ_LEN = (32 // 8) ** 2 // SCALE_FACTOR**2
 
 
 def _configs(tok):
-    text = dict(
+    text = tower(
+        32,
         model_type="llama",
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=512,
         **special_ids(tok),
     )
-    vision = dict(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, **VISION
-    )
-    return text, vision
+    return text, tower(16, **VISION)
 
 
 def build_variant(out_dir: Path, variant: str = "idefics3") -> Path:
     """Build the ``idefics3`` or ``smolvlm`` tiny checkpoint into ``out_dir``."""
+    import importlib
+
+    import transformers
 
     from ..tokenizer import build_tokenizer
 
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; use one of {sorted(VARIANTS)}")
     out_dir = Path(out_dir)
-    if variant == "idefics3":
-        from transformers import Idefics3Config as Config
-        from transformers import Idefics3ForConditionalGeneration as Model
-        from transformers.models.idefics3.image_processing_pil_idefics3 import (
-            Idefics3ImageProcessorPil as ImageProcessor,
-        )
-
-        bos, eos, pad, template = (
-            "<|begin_of_text|>",
-            "<|end_of_text|>",
-            "<pad>",
-            IDEFICS3_CHAT_TEMPLATE,
-        )
-    elif variant == "smolvlm":
-        from transformers import SmolVLMConfig as Config
-        from transformers import SmolVLMForConditionalGeneration as Model
-        from transformers.models.smolvlm.image_processing_pil_smolvlm import (
-            SmolVLMImageProcessorPil as ImageProcessor,
-        )
-
-        bos, eos, pad, template = (
-            "<|im_start|>",
-            "<end_of_utterance>",
-            "<|im_end|>",
-            SMOLVLM_CHAT_TEMPLATE,
-        )
-    else:
-        raise ValueError(f"unknown variant {variant!r}; use 'idefics3' or 'smolvlm'")
+    prefix, image_module, bos, eos, pad, template = VARIANTS[variant]
+    Config = getattr(transformers, f"{prefix}Config")
+    Model = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    module = importlib.import_module(f"transformers.models.{image_module}")
+    ImageProcessor = getattr(module, f"{prefix}ImageProcessorPil")
 
     tok = build_tokenizer(
         [bos, eos, pad, *IMAGE_TOKENS],
@@ -116,13 +112,9 @@ def build_variant(out_dir: Path, variant: str = "idefics3") -> Path:
             image_seq_len=IMAGE_SEQ_LEN,
             chat_template=template,
         )
-        proc.save_pretrained(out_dir)
-    else:
-        # SmolVLMProcessor needs num2words and a torchvision video processor: save the parts
-        tok.save_pretrained(out_dir)
-        image_processor.save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
-    return out_dir
+        return save_all(out_dir, model, proc)
+    # SmolVLMProcessor needs num2words and a torchvision video processor: save the parts
+    return save_all(out_dir, model, tok, image_processor)
 
 
 def build(out_dir: Path) -> Path:

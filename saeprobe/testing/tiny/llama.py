@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import save_all, special_ids
+from .common import decoder, prepend_bos, save_all, special_ids
 
 BOS = "<|begin_of_text|>"
 EOS = "<|eot_id|>"
@@ -35,15 +35,7 @@ LLAMA3_CHAT_TEMPLATE = (
 )
 
 #: tiny decoder shared by every architecture (head_dim 12, 3 layers, GQA 4/2)
-TEXT_CONFIG: dict[str, Any] = {
-    "hidden_size": 48,
-    "intermediate_size": 96,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 12,
-    "max_position_embeddings": 512,
-}
+TEXT_CONFIG: dict[str, Any] = decoder(head_dim=12)
 
 #: config class of each architecture served by CausalLMAdapter
 CONFIG_CLASSES: dict[str, str] = {
@@ -59,8 +51,6 @@ CONFIG_CLASSES: dict[str, str] = {
 
 def build_tokenizer_for_llama(chat_template: str | None = LLAMA3_CHAT_TEMPLATE):
     """Offline byte-level BPE with Llama 3 special tokens; prepends BOS on plain encoding."""
-    from tokenizers.processors import TemplateProcessing
-
     from ..tokenizer import build_tokenizer
 
     tok = build_tokenizer(
@@ -71,11 +61,7 @@ def build_tokenizer_for_llama(chat_template: str | None = LLAMA3_CHAT_TEMPLATE):
         pad_token=PAD,
         chat_template=chat_template,
     )
-    bos = tok.convert_tokens_to_ids(BOS)
-    tok._tokenizer.post_processor = TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos)]
-    )
-    return tok
+    return prepend_bos(tok, BOS)
 
 
 def tiny_causal_lm(architecture: str = "LlamaForCausalLM", tokenizer: Any = None):

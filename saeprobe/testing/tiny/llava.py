@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import instantiate, save_all, special_ids
+from .common import decoder, instantiate, prepend_bos, save_all, special_ids, tower
 
 #: special tokens of the Llama tokenizer family plus LLaVA's image placeholder
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
@@ -29,31 +29,14 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 #: tiny CLIP vision tower: 28 px crops, 7 px patches -> 16 patch tokens (+ CLS)
-VISION_CONFIG: dict[str, Any] = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 28,
-    "patch_size": 7,
-    "projection_dim": 32,
-}
+VISION_CONFIG: dict[str, Any] = tower(32, image_size=28, patch_size=7, projection_dim=32)
 
 #: tiny Llama / Mistral decoder
-TEXT_CONFIG: dict[str, Any] = {
-    "hidden_size": 48,
-    "intermediate_size": 96,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 1024,
-}
+TEXT_CONFIG: dict[str, Any] = decoder(max_position_embeddings=1024)
 
 
 def build_tokenizer_for_llava(chat_template: str):
     """Offline byte-level BPE with the Llama special tokens; prepends ``<s>`` like Llama."""
-    from tokenizers.processors import TemplateProcessing
-
     from ..tokenizer import build_tokenizer
 
     tok = build_tokenizer(
@@ -65,48 +48,52 @@ def build_tokenizer_for_llava(chat_template: str):
         unk_token="<unk>",
         chat_template=chat_template,
     )
-    bos = tok.convert_tokens_to_ids("<s>")
-    tok._tokenizer.post_processor = TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
-    return tok
+    return prepend_bos(tok, "<s>")
 
 
-def build(out_dir: Path) -> Path:
-    """Save a tiny random ``LlavaForConditionalGeneration`` and its processor to ``out_dir``."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+def build_llava_family(
+    out_dir: Path,
+    prefix: str,
+    text_config: Any,
+    image_processor: Any,
+    chat_template: str,
+    **config_kw: Any,
+) -> Path:
+    """Save a tiny ``<prefix>ForConditionalGeneration`` (``Llava`` / ``LlavaNext``) with its
+    ``<prefix>Processor``: the CLIP tower of :data:`VISION_CONFIG`, ``text_config``'s decoder."""
+    import transformers
+    from transformers import CLIPVisionConfig
 
-    out_dir = Path(out_dir)
-    tok = build_tokenizer_for_llava(LLAVA_CHAT_TEMPLATE)
-    side = VISION_CONFIG["image_size"]
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-    )
-    processor = LlavaProcessor(
+    tok = build_tokenizer_for_llava(chat_template)
+    processor = getattr(transformers, f"{prefix}Processor")(
         image_processor=image_processor,
         tokenizer=tok,
         patch_size=VISION_CONFIG["patch_size"],
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
-    config = LlavaConfig(
+    config = getattr(transformers, f"{prefix}Config")(
         vision_config=CLIPVisionConfig(**VISION_CONFIG),
-        text_config=LlamaConfig(
-            **TEXT_CONFIG,
-            vocab_size=len(tok),
-            **special_ids(tok),
-        ),
-        image_token_id=processor.image_token_id,
+        text_config=text_config(**TEXT_CONFIG, vocab_size=len(tok), **special_ids(tok)),
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
+        **{k: processor.image_token_id if v is None else v for k, v in config_kw.items()},
     )
-    model = instantiate(LlavaForConditionalGeneration, config)
-    return save_all(out_dir, model, processor)
+    model = instantiate(getattr(transformers, f"{prefix}ForConditionalGeneration"), config)
+    return save_all(Path(out_dir), model, processor)
+
+
+def build(out_dir: Path) -> Path:
+    """Save a tiny random ``LlavaForConditionalGeneration`` and its processor to ``out_dir``."""
+    from transformers import LlamaConfig
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    side = VISION_CONFIG["image_size"]
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
+    # image_token_id=None: filled in with the processor's image token id
+    return build_llava_family(
+        out_dir, "Llava", LlamaConfig, image_processor, LLAVA_CHAT_TEMPLATE, image_token_id=None
+    )

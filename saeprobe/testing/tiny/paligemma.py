@@ -8,32 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import instantiate, save_all, special_ids
+from .common import decoder, instantiate, save_all, special_ids, tower
 
 #: Gemma special tokens in the order of their real ids, plus PaliGemma's image token
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
 
 #: tiny SigLIP tower: 28 px images, 7 px patches -> 16 image tokens
-VISION_CONFIG: dict[str, Any] = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 28,
-    "patch_size": 7,
-    "vision_use_head": False,
-}
+VISION_CONFIG: dict[str, Any] = tower(32, image_size=28, patch_size=7, vision_use_head=False)
 
 #: tiny Gemma decoder
-TEXT_CONFIG: dict[str, Any] = {
-    "hidden_size": 48,
-    "intermediate_size": 96,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 1,
-    "head_dim": 12,
-    "max_position_embeddings": 512,
-}
+TEXT_CONFIG: dict[str, Any] = decoder(num_key_value_heads=1, head_dim=12)
 
 
 def build_paligemma(out_dir: Path, text_model_type: str, text_overrides: dict[str, Any]) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .qwen2_vl import QWEN2_VL_CHAT_TEMPLATE, TEXT_CONFIG, build_qwen_vl
+from .qwen2_vl import QWEN2_VL_CHAT_TEMPLATE, build_qwen_vl, merger_vision
 
 
 def build(out_dir: Path) -> Path:
@@ -15,18 +15,7 @@ def build(out_dir: Path) -> Path:
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    vision = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": TEXT_CONFIG["hidden_size"],
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 56,
-        "fullatt_block_indexes": [1],
-    }
+    vision = merger_vision(patch_size=14, window_size=56, fullatt_block_indexes=[1])
     return build_qwen_vl(
         out_dir,
         config_cls=Qwen2_5_VLConfig,

@@ -157,6 +157,21 @@ def build_qwen_vl(
     return out_dir
 
 
+def merger_vision(**overrides: Any) -> dict[str, Any]:
+    """The tiny vision tower of Qwen2.5-VL / Qwen3-VL (2 blocks, d = 32, 2x2 patch merger
+    into the decoder's width); ``overrides`` set the patch size and the version's extras."""
+    return {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": TEXT_CONFIG["hidden_size"],
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        **overrides,
+    }
+
+
 def build(out_dir: Path) -> Path:
     """Tiny random ``Qwen2VLForConditionalGeneration`` (+ tokenizer, image processor)."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .qwen2_vl import TEXT_CONFIG, build_qwen_vl
+from .qwen2_vl import build_qwen_vl, merger_vision
+
+#: a message's content in Qwen3-VL's template: a string, or parts (images / videos numbered
+#: when ``add_vision_id``, texts)
+_CONTENT_PARTS = (
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for content in message.content %}"
+    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}"
+    "{%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif content.type == 'video' or 'video' in content %}"
+    "{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+)
 
 #: the chat template of Qwen3-VL-*-Instruct (no default system turn; tool calls as in
 #: Qwen3: a tools block in the system turn, <tool_call> / <tool_response> markup)
@@ -29,19 +46,7 @@ QWEN3_VL_CHAT_TEMPLATE = (
     "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
     "{%- for message in messages %}"
     "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
-    "{{- '<|im_start|>' + message.role + '\\n' }}"
-    "{%- if message.content is string %}{{- message.content }}"
-    "{%- else %}{%- for content in message.content %}"
-    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
-    "{%- set image_count.value = image_count.value + 1 %}"
-    "{%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif content.type == 'video' or 'video' in content %}"
-    "{%- set video_count.value = video_count.value + 1 %}"
-    "{%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}"
-    "{%- endfor %}{%- endif %}{{- '<|im_end|>\\n' }}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}" + _CONTENT_PARTS + "{{- '<|im_end|>\\n' }}"
     "{%- elif message.role == 'assistant' %}{{- '<|im_start|>' + message.role + '\\n' }}"
     "{%- if message.content is string %}{{- message.content }}"
     "{%- else %}{%- for content_item in message.content %}"
@@ -56,19 +61,7 @@ QWEN3_VL_CHAT_TEMPLATE = (
     "{%- elif message.role == 'tool' %}"
     "{%- if loop.first or (messages[loop.index0 - 1].role != 'tool') %}"
     "{{- '<|im_start|>user' }}{%- endif %}"
-    "{{- '\\n<tool_response>\\n' }}"
-    "{%- if message.content is string %}{{- message.content }}"
-    "{%- else %}{%- for content in message.content %}"
-    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
-    "{%- set image_count.value = image_count.value + 1 %}"
-    "{%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif content.type == 'video' or 'video' in content %}"
-    "{%- set video_count.value = video_count.value + 1 %}"
-    "{%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}"
-    "{%- endfor %}{%- endif %}{{- '\\n</tool_response>' }}"
+    "{{- '\\n<tool_response>\\n' }}" + _CONTENT_PARTS + "{{- '\\n</tool_response>' }}"
     "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}"
     "{{- '<|im_end|>\\n' }}{%- endif %}{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
@@ -83,18 +76,9 @@ def build(out_dir: Path) -> Path:
     """
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    vision = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": TEXT_CONFIG["hidden_size"],
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "num_position_embeddings": 64,
-        "deepstack_visual_indexes": [0, 1],
-    }
+    vision = merger_vision(
+        patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0, 1]
+    )
     text = {
         "head_dim": 16,
         "rope_parameters": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .clip import build_tokenizer_with_template
-from .common import instantiate
+from .common import instantiate, save_all, tower
 
 EOS = "</s>"
 UNK = "<unk>"
@@ -13,27 +13,16 @@ MAX_LEN = 16
 
 
 def _configs(tok):
-    text = dict(
+    text = tower(
+        32,
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         max_position_embeddings=MAX_LEN,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         bos_token_id=None,
         projection_size=16,
     )
-    vision = dict(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    return text, vision
+    return text, tower(16, image_size=32, patch_size=8)
 
 
 def build(out_dir: Path) -> Path:
@@ -47,9 +36,7 @@ def build(out_dir: Path) -> Path:
     config = SiglipConfig(text_config=text, vision_config=vision)
     model = instantiate(SiglipModel, config)
     ip = SiglipImageProcessorPil(size={"height": 32, "width": 32})
-    SiglipProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
-    return out_dir
+    return save_all(out_dir, model, SiglipProcessor(image_processor=ip, tokenizer=tok))
 
 
 def build_siglip2(out_dir: Path) -> Path:
@@ -67,6 +54,4 @@ def build_siglip2(out_dir: Path) -> Path:
     config = Siglip2Config(text_config=text, vision_config=vision)
     model = instantiate(Siglip2Model, config)
     ip = Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16)
-    Siglip2Processor(image_processor=ip, tokenizer=tok).save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
-    return out_dir
+    return save_all(out_dir, model, Siglip2Processor(image_processor=ip, tokenizer=tok))
