@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from saeprobe import Item, Modality
+from saeprobe.capture import resolve_points
+from saeprobe.hooks import ResidualHooks
 from saeprobe.sae.metrics import (
     SAEMetrics,
     ce_loss_score,
@@ -34,6 +36,7 @@ from saeprobe.sae.metrics import (
     kl_div_score,
     saebench_nested,
 )
+from saeprobe.store import ActivationStore
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +224,6 @@ def evaluate_splice(
     """
     from tqdm.auto import tqdm
 
-    from saeprobe.capture import resolve_points
-    from saeprobe.hooks import ResidualHooks
-
     point = resolve_points(adapter, hook_point)[0]
     d_model = adapter.d_model
     if int(sae.cfg.d_in) != int(d_model):
@@ -385,8 +385,6 @@ def _token_batches(data: Any, batch_size: int, drop_system: bool) -> Iterable[to
         yield from data.reshape(-1, data.shape[-1]).split(batch_size)
         return
     if isinstance(data, (str, os.PathLike)) or hasattr(data, "batches"):
-        from saeprobe.store import ActivationStore
-
         store = data if hasattr(data, "batches") else ActivationStore(data)
         exclude = ["system"] if drop_system else None
         for b in store.batches(batch_size, shuffle=False, fields=("acts",), exclude=exclude):

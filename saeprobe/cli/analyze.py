@@ -129,9 +129,9 @@ def _items(spec: str | None, source=None):
     return source  # resolved by sample id through source.item(index)
 
 
-def run(args: argparse.Namespace) -> int:
-    from analysis import AnalysisConfig, TagConfig, analyze_store, load_pairs
-    from analysis.figures import load_sweep
+def resolve_inputs(args: argparse.Namespace) -> None:
+    """``--sae`` / ``--activations`` / ``--out`` from ``--run`` where not given; one-line
+    errors for what is still missing."""
     from saeprobe.cli import CLIError
 
     if args.run:
@@ -150,6 +150,13 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"pass --{flag} (or --run RUN to use a run folder's model)")
     if not args.activations and not args.pairs:
         raise CLIError("nothing to analyse: pass --activations STORE and/or --pairs PAIRS")
+
+
+def checked_sweeps(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--layer-sweep`` / ``--alpha-sweep`` files, read once to check them."""
+    from analysis.figures import load_sweep
+    from saeprobe.cli import CLIError
+
     sweeps = {}
     for name in ("layer_sweep", "alpha_sweep"):
         spec = getattr(args, name)
@@ -159,48 +166,33 @@ def run(args: argparse.Namespace) -> int:
             except (ValueError, json.JSONDecodeError, FileNotFoundError) as exc:
                 raise CLIError(f"--{name.replace('_', '-')}: {exc}") from exc
             sweeps[name] = spec
-    cfg = config_from_args(
-        AnalysisConfig,
-        args,
-        args.config_dests,
-        {
-            "exclude_system": not args.include_system,
-            "tags": TagConfig(args.textual_threshold, args.visual_threshold, args.bridge_mass),
-        },
-    )
-    pairs, source = None, None
-    if args.pairs:
-        pp = Path(args.pairs)
-        if pp.is_dir() and (pp / "pooled.safetensors").exists():
-            if not args.data or Path(args.data).suffix == ".jsonl":
-                raise CLIError(
-                    "--pairs is a capture folder: pass --data with the images+captions source "
-                    "of the capture so images and captions can be matched"
-                )
-            from analysis.pairs import pairs_from_capture
-            from saeprobe.data import open_source
+    return sweeps
 
-            source = open_source(args.data)
-            pairs = pairs_from_capture(pp, source, args.pool_key)
-        else:
-            pairs = load_pairs(pp)
-    items = _items(args.data, source)
-    files = analyze_store(
-        args.sae,
-        args.activations,
-        args.out,
-        pairs=pairs,
-        items=items,
-        cfg=cfg,
-        layer_sweep=sweeps.get("layer_sweep"),
-        alpha_sweep=sweeps.get("alpha_sweep"),
-        title=args.title,
-        progress=not args.no_progress,
-        meta={"pairs": str(args.pairs)} if args.pairs else None,
-        force=args.force,
-    )
-    if args.run:
-        record_part(args, "analysis", args.out)
+
+def read_pairs(args: argparse.Namespace):
+    """``(pairs, data source)`` of ``--pairs``: a pairs file, or a capture folder matched
+    through the ``--data`` source."""
+    from analysis import load_pairs
+    from saeprobe.cli import CLIError
+
+    if not args.pairs:
+        return None, None
+    pp = Path(args.pairs)
+    if not (pp.is_dir() and (pp / "pooled.safetensors").exists()):
+        return load_pairs(pp), None
+    if not args.data or Path(args.data).suffix == ".jsonl":
+        raise CLIError(
+            "--pairs is a capture folder: pass --data with the images+captions source "
+            "of the capture so images and captions can be matched"
+        )
+    from analysis.pairs import pairs_from_capture
+    from saeprobe.data import open_source
+
+    source = open_source(args.data)
+    return pairs_from_capture(pp, source, args.pool_key), source
+
+
+def _print_summary(files, cfg) -> None:
     result = files.result
     share = result.tag_share
     print(
@@ -216,4 +208,32 @@ def run(args: argparse.Namespace) -> int:
             )
     print(f"report: {files.html}")
     print(f"features: {files.table} {files.csv}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from analysis import AnalysisConfig, TagConfig, analyze_store
+
+    resolve_inputs(args)
+    sweeps = checked_sweeps(args)
+    tags = TagConfig(args.textual_threshold, args.visual_threshold, args.bridge_mass)
+    base = {"exclude_system": not args.include_system, "tags": tags}
+    cfg = config_from_args(AnalysisConfig, args, args.config_dests, base)
+    pairs, source = read_pairs(args)
+    files = analyze_store(
+        args.sae,
+        args.activations,
+        args.out,
+        pairs=pairs,
+        items=_items(args.data, source),
+        cfg=cfg,
+        layer_sweep=sweeps.get("layer_sweep"),
+        alpha_sweep=sweeps.get("alpha_sweep"),
+        title=args.title,
+        progress=not args.no_progress,
+        meta={"pairs": str(args.pairs)} if args.pairs else None,
+        force=args.force,
+    )
+    if args.run:
+        record_part(args, "analysis", args.out)
+    _print_summary(files, cfg)
     return 0

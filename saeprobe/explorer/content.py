@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from analysis import encode_all
 from saeprobe._types import Modality
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,6 @@ def _prune(keys: torch.Tensor, vals: torch.Tensor, top_m: int) -> tuple[torch.Te
 def top_samples(sae: Any, store: Any, top_m: int = 8, batch_size: int = 8192) -> TopSamples:
     """Stream ``store`` (SYSTEM tokens left out) through ``sae`` once and keep, per concept,
     the ``top_m`` samples with the largest activation on any of their tokens."""
-    from analysis import encode_all
 
     c = int(sae.dictionary.shape[0])
     pool_k = torch.empty(0, dtype=torch.long)
@@ -151,7 +151,6 @@ class ConceptContent:
 
     def tokens(self, concept: int, sample_ids: list[int]) -> dict[int, TokenActivations]:
         """Per sample, its non-system tokens and the concept's activation on each."""
-        from analysis import encode_all
 
         if not sample_ids:
             return {}

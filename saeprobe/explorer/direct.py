@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 
+from saeprobe.whitening import in_memory_stats, realign
+
 from .config import EvalConfig
 from .vectors import Vectors
 
@@ -55,7 +57,6 @@ class Spectrum(NamedTuple):
 
 def fit_spectrum(x: torch.Tensor, chunk_size: int = 16384) -> Spectrum:
     """Mean and covariance spectrum of ``x [n, d]`` (the statistics ReAlign fits)."""
-    from saeprobe.whitening import in_memory_stats
 
     n, d = x.shape
     if n < 2:
@@ -130,8 +131,6 @@ class DirectScorer:
         q, c = self._get(self._emb, base) or self.v.ablated(cfg)
         self._put(self._emb, base, (q, c))
         if cfg.whiten == "realign":
-            from saeprobe.whitening import realign
-
             q, c = realign(q, alpha=cfg.alpha), realign(c, alpha=cfg.alpha)
             self._put(self._emb, cfg, (q, c))
         return q, c

@@ -17,9 +17,12 @@ import numpy as np
 
 from saeprobe._types import Modality
 from saeprobe.run import RunError, RunFolder
+from saeprobe.sae import load_sae
+from saeprobe.store import ActivationStore
 
 from .app import ExplorerApp, Setting
 from .config import check_index, check_int, json_safe
+from .content import ConceptContent
 from .data import ExplorerData
 from .session import ExplorerSession
 from .table import FeatureTable, read_features
@@ -92,8 +95,6 @@ class RunExplorer(ExplorerApp):
     def sae(self, model: str) -> Any:
         with self._lock:
             if model not in self._sae:
-                from saeprobe.sae import load_sae
-
                 self._sae[model] = load_sae(str(self.run.sae_path(model)), device=self.device)
             return self._sae[model]
 
@@ -169,10 +170,6 @@ class RunExplorer(ExplorerApp):
         """The model's :class:`~saeprobe.explorer.content.ConceptContent` (None without a store)."""
         with self._lock:
             if model not in self._content:
-                from saeprobe.store import ActivationStore
-
-                from .content import ConceptContent
-
                 store_dir = self.run.root / "models" / model / "store"
                 self._content[model] = (
                     ConceptContent(

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from saeprobe.ranking import ranking_metrics
+
 __all__ = ["Ranker", "query_blocks"]
 
 
@@ -90,7 +92,6 @@ class Ranker:
 
     def metrics(self, top: torch.Tensor, ranks: np.ndarray) -> dict[str, float]:
         """``R@k`` for each cut-off, ``MRR`` (within the top 10) and ``median_rank``."""
-        from saeprobe.ranking import ranking_metrics
 
         m = ranking_metrics(top, self.relevant, self.ks, ndcg_k=10, complete=True)
         out = {f"R@{k}": m[f"R@{k}"] for k in self.ks}

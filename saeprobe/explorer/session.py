@@ -27,6 +27,16 @@ from typing import Any
 
 import torch
 
+from analysis import (
+    Codes,
+    bridge_partners,
+    default_steps,
+    encode_all,
+    pairs_from_relevant,
+    retrieval_attribution,
+    top_distractors,
+)
+
 from .config import OPS, SIDES, WHITEN, EvalConfig, EvalResult, check_index, check_int, json_safe
 from .data import ExplorerData
 from .direct import DirectScorer
@@ -76,7 +86,6 @@ class ExplorerSession:
         chunk_size: int = 1024,
         cache_size: int = 32,
     ) -> None:
-        from analysis import encode_all
 
         t0 = time.perf_counter()
         self.data = data
@@ -117,7 +126,6 @@ class ExplorerSession:
         return self.gram.max_scores
 
     def _attribute(self) -> None:
-        from analysis import pairs_from_relevant, retrieval_attribution, top_distractors
 
         qi, ci = pairs_from_relevant(self.data.relevant)
         if qi.numel() == 0:
@@ -167,7 +175,6 @@ class ExplorerSession:
     def bridge_partners(self, i: int, n: int = 5) -> list[tuple[int, float]]:
         """Other concepts bridging with ``i`` over the relevant (text, image) pairs of the data
         (:func:`analysis.bridge_partners`); empty unless one side is text and the other image."""
-        from analysis import Codes, bridge_partners
 
         d = self.data
         if {d.query_modality, d.candidate_modality} != {"text", "image"}:
@@ -318,7 +325,6 @@ class ExplorerSession:
     ) -> dict:
         """Recall@k and MRR after ablating the top ``n`` attribution concepts, for each ``n``
         in ``steps`` (default 0, 1, 2, 4, ... ``n_max``)."""
-        from analysis import default_steps
 
         n_max = min(check_int(n_max, "n_max", 0), self.c)
         if steps is not None:

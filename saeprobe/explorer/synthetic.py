@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from saeprobe.sae import SAEConfig, TopKSAE
+
 from .data import ExplorerData, from_pairs
 
 
@@ -53,7 +55,6 @@ def planted_retrieval(
     distractor_scale : float
         Distractor weights are uniform in ``[0.2, distractor_scale]`` per row and concept.
     """
-    from saeprobe.sae import SAEConfig, TopKSAE
 
     g = torch.Generator().manual_seed(seed)
     textual = list(range(n_style))

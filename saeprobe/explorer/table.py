@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from analysis import FEATURE_COLUMNS
+from analysis import FEATURE_COLUMNS, modality_score, modality_tags
 
 from .config import json_safe
 
@@ -54,7 +54,6 @@ def stats_columns(
     concept over the query and candidate codes (the modality columns need one text side and
     one image side; NaN otherwise). Bridge score and the distractor / bridge flags come only
     from ``features.parquet`` (:func:`merge_features`)."""
-    from analysis import modality_score, modality_tags
 
     vals = torch.cat([codes_q.values, codes_c.values])
     idx = torch.cat([codes_q.indices, codes_c.indices])

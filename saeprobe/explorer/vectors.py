@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from analysis import ablate, decode
+
 from .config import EvalConfig
 from .data import ExplorerData
 
@@ -66,8 +68,6 @@ class Vectors:
         """Raw vectors an operator acts on: ``x`` (embeddings) or ``rec`` (SAE
         reconstructions, what ``zero`` starts from): ``(queries [Q, d], candidates [N, d])``."""
         if kind not in self._base:
-            from analysis import decode
-
             if kind == "x":
                 v = (self.data.queries, self.data.candidates)
             else:
@@ -100,7 +100,6 @@ class Vectors:
     def ablated(self, cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-norm ablated ``(queries [Q, d], candidates [N, d])`` of a setting (no
         whitening), with :func:`analysis.ablate`."""
-        from analysis import ablate
 
         S = list(cfg.ablate)
         xq, xc = self.data.queries, self.data.candidates

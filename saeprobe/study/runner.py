@@ -113,23 +113,31 @@ class _Once(logging.Filter):
 
 
 def run_study(
-    cfg: StudyConfig, out: str | Path, *, title: str = "saeprobe study", note: str = ""
+    cfg: StudyConfig,
+    out: str | Path,
+    *,
+    title: str = "saeprobe study",
+    note: str = "",
+    stages: dict[str, float] | None = None,
 ) -> StudyResult:
     """Capture, train an SAE, analyse and retrieve for every model of ``cfg`` into the run
-    folder ``out``; writes ``results.json`` and ``report.html`` and returns them."""
+    folder ``out``; writes ``results.json`` and ``report.html`` and returns them.
+
+    ``stages``: seconds of work done before (e.g. the demo's data and model set-up), recorded
+    with the study's own stage times.
+    """
     cfg.validate()
     once = _Once()
     whitening_log = logging.getLogger("saeprobe.whitening.methods")
     whitening_log.addFilter(once)
     try:
-        return _run(cfg, Path(out), title, note)
+        return _run(cfg, Path(out), title, note, dict(stages or {}))
     finally:
         whitening_log.removeFilter(once)
 
 
-def _run(cfg: StudyConfig, out: Path, title: str, note: str) -> StudyResult:
+def _run(cfg: StudyConfig, out: Path, title: str, note: str, times: dict) -> StudyResult:
     t_all = time.perf_counter()
-    times: dict[str, float] = {}
     run = RunWriter(out, title=title)
     t0 = time.perf_counter()
     source = open_source(cfg.data, **({"limit": cfg.limit} if cfg.limit else {}))
