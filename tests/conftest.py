@@ -40,3 +40,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def demo_quick_run(tmp_path_factory):
+    """The run folder of ``saeprobe demo --quick`` (built once per session; read-only).
+
+    ``SAEPROBE_TEST_DEMO_RUN`` points at an existing one instead (for local iterations)."""
+    from pathlib import Path
+
+    given = os.environ.get("SAEPROBE_TEST_DEMO_RUN")
+    if given:
+        return Path(given)
+    from saeprobe.demo.run import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "quick"
+    run_demo(out, quick=True, progress=False)
+    return out

@@ -1,5 +1,5 @@
 """Shared test builders: store samples, M-BEIR folders, analysis inputs, tiny models,
-and a small training config.
+a small training config, and headless Chromium for the browser tests.
 
 Tests import what they need (``from tests.helpers import ...``); fixtures built on these
 live in ``tests/conftest.py``.
@@ -7,10 +7,14 @@ live in ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -37,6 +41,71 @@ def train_config(**overrides: Any):
     }
     base.update(overrides)
     return TrainConfig(**base)
+
+
+def topk_run_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of the small Top-K :class:`~sae_training.TrainConfig` of the
+    multi-process trainer tests (DDP, kill and resume): default recipe, 64 latents, k=4,
+    lr 3e-3, 64-token batches, 2 epochs, dead after 128 tokens without firing, metrics every
+    5 steps, no progress bar; ``overrides`` win. A plain dict, so that worker processes and
+    subprocess scripts can rebuild the config from it."""
+    base: dict[str, Any] = {"arch": "topk", "width": 64, "k": 4, "lr": 3e-3, "batch_size": 64}
+    base.update(epochs=2, dead_window_tokens=128, log_interval=5, progress=False)
+    return {**base, **overrides}
+
+
+# ------------------------------------------------------------------ SAEs
+def random_sae(
+    arch: str, d: int, c: int, k: int | None, *, thresholds=(0.4, 0.2), b_dec_std=None, **cfg
+):
+    """``create_sae`` of ``arch`` (``d`` inputs, ``c`` latents, ``k``, other
+    :class:`~saeprobe.sae.SAEConfig` fields ``cfg``) with random non-zero extra parameters,
+    so that every term of the forward pass counts: ``b_enc`` ~ N(0, 0.3), ``b_dec`` ~
+    N(0, ``b_dec_std``) when given, JumpReLU thresholds ~ U(0, ``thresholds[0]``), BatchTopK
+    thresholds ``thresholds[1]``, the Gated ``b_mag`` and ``r_mag`` ~ N(0, 0.3)."""
+    from saeprobe.sae import SAEConfig, create_sae
+
+    sae = create_sae(SAEConfig(arch=arch, d_in=d, d_sae=c, k=k, **cfg))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3)
+        if b_dec_std is not None:
+            sae.b_dec.normal_(0, b_dec_std)
+        if arch == "jumprelu":
+            sae.threshold.uniform_(0.0, thresholds[0])
+        if arch in ("batchtopk", "matryoshka_batchtopk"):
+            sae.threshold.fill_(thresholds[1])
+        if arch == "gated":
+            sae.b_mag.normal_(0, 0.3)
+            sae.r_mag.normal_(0, 0.3)
+    return sae
+
+
+def identity_topk(d: int):
+    """Top-K with c = 2d, k = d, encoder = dictionary = [I; -I] and no encoder bias: each
+    input is its own code (positive and negative parts), so x_hat == x exactly."""
+    from saeprobe.sae import SAEConfig, create_sae
+
+    sae = create_sae(SAEConfig(arch="topk", d_in=d, d_sae=2 * d, k=d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye]))
+        sae.W_dec.copy_(torch.cat([eye, -eye]))
+        sae.b_enc.zero_()
+    return sae
+
+
+def dictionary_topk(dictionary: torch.Tensor, k: int, b_enc: float = 0.0):
+    """A :class:`~saeprobe.sae.TopKSAE` whose encoder and decoder rows are ``dictionary``
+    ([c, d]), every encoder bias ``b_enc``."""
+    from saeprobe.sae import SAEConfig, TopKSAE
+
+    c, d = dictionary.shape
+    sae = TopKSAE(SAEConfig(arch="topk", d_in=d, d_sae=c, k=k))
+    with torch.no_grad():
+        sae.W_dec.copy_(dictionary)
+        sae.W_enc.copy_(dictionary)
+        sae.b_enc.fill_(b_enc)
+    return sae
 
 
 # ------------------------------------------------------------------ tiny HF models
@@ -181,17 +250,12 @@ def build_inputs(root: Path, seed: int = 0) -> dict[str, Path]:
     """A token store (image and caption inputs with template/system tokens), matched pooled
     pairs with a harmful shared direction, and a TopKSAE whose dictionary is the planted one."""
     from analysis import save_pairs
-    from saeprobe.sae import SAEConfig, TopKSAE
     from saeprobe.store import ActivationStoreWriter
 
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(D_MODEL, C, generator=g))
     D = q.T.contiguous()
-    sae = TopKSAE(SAEConfig(arch="topk", d_in=D_MODEL, d_sae=C, k=3))
-    with torch.no_grad():
-        sae.W_dec.copy_(D)
-        sae.W_enc.copy_(D)
-        sae.b_enc.fill_(-0.1)  # noise-level pre-activations stay at zero
+    sae = dictionary_topk(D, k=3, b_enc=-0.1)  # noise-level pre-activations stay at zero
     sae_dir = root / "sae"
     sae.save(sae_dir)
 
@@ -262,3 +326,62 @@ def run_cli(inputs: dict, out: Path, *extra: str) -> int:
             *extra,
         ]
     )
+
+
+# ------------------------------------------------------------------ headless Chromium
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def browser_test(fn):
+    """Mark test ``fn`` as a browser test, skipped where Debian's chromium is missing."""
+    skip = pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason=f"Debian chromium not installed at {CHROMIUM} (apt-get install -y chromium)",
+    )
+    return pytest.mark.browser(skip(fn))
+
+
+def watch_console(page, errors: list[str]) -> None:
+    """Append ``page``'s console errors and uncaught page errors to ``errors``."""
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+
+@contextmanager
+def chromium_page(errors: list[str], requests: list[str], **page_kwargs) -> Iterator[tuple]:
+    """A page of a fresh headless Chromium (``page_kwargs`` go to ``new_page``) whose
+    console / page errors go to ``errors`` and whose requested URLs go to ``requests``;
+    yields ``(browser, page)`` and closes the browser afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(**page_kwargs)
+            watch_console(page, errors)
+            page.on("request", lambda r: requests.append(r.url))
+            yield browser, page
+        finally:
+            browser.close()
+
+
+@contextmanager
+def serving(app, **kwargs) -> Iterator[str]:
+    """The URL of ``app`` (an explorer session or run explorer) served by
+    :func:`saeprobe.explorer.serve_in_thread` on 127.0.0.1; shut down and closed afterwards."""
+    from saeprobe.explorer import serve_in_thread
+
+    server, url = serve_in_thread(app, **kwargs)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -11,27 +11,13 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+from tests.helpers import browser_test, chromium_page, serving, watch_console
 
 
-@pytest.mark.browser
+@browser_test
 @pytest.mark.timeout(60)
-@pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"Debian chromium not installed at {CHROMIUM} (apt-get install -y chromium)",
-)
 def test_ticking_a_distractor_changes_recall():
-    from playwright.sync_api import sync_playwright
-
-    from saeprobe.explorer import ExplorerSession, planted_retrieval, serve_in_thread
+    from saeprobe.explorer import ExplorerSession, planted_retrieval
 
     ps = planted_retrieval(n_pairs=32, seed=1)
     session = ExplorerSession(ps.sae, ps.data)
@@ -41,55 +27,40 @@ def test_ticking_a_distractor_changes_recall():
     expected_white = session.evaluate([ps.distractors[0]], whiten="realign", alpha=0.1).metrics[
         "R@1"
     ]
-    server, url = serve_in_thread(session)
     errors: list[str] = []
     requests: list[str] = []
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            try:
-                page = browser.new_page()
-                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.on("request", lambda r: requests.append(r.url))
-                page.goto(url, wait_until="load")
-                page.wait_for_selector("body[data-eval-done]", timeout=15000)
-                rows = page.locator("#features tbody tr")
-                assert rows.count() >= 4
-                # the list is sorted by attribution: the planted distractors come first
-                first_ids = page.eval_on_selector_all(
-                    "#features input.ablate",
-                    "els => els.slice(0, 2).map(e => Number(e.dataset.id))",
-                )
-                assert sorted(first_ids) == sorted(ps.distractors)
-                before = page.inner_text("#after-R1")
-                assert float(before) == pytest.approx(expected_before, abs=1e-3)
-                assert page.inner_text("#before-R1") == before
-                done = page.get_attribute("body", "data-eval-done")
-                page.check(f"#features input.ablate[data-id='{ps.distractors[0]}']")
-                page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
-                after = page.inner_text("#after-R1")
-                assert float(after) == pytest.approx(expected_after, abs=1e-3)
-                assert after != before
-                assert page.inner_text("#n-ablated") == "1"
-                # the per-query view follows the setting
-                page.wait_for_selector("#top-after li:nth-child(5)")
-                assert page.locator("#top-after li").count() == 5
-                # switching ReAlign on recomputes with whitening
-                done = page.get_attribute("body", "data-eval-done")
-                page.select_option("#whiten", "realign")
-                page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
-                assert not page.is_disabled("#alpha")
-                assert float(page.inner_text("#after-R1")) == pytest.approx(
-                    expected_white, abs=1e-3
-                )
-                # the sweep chart was drawn with plotly (served locally)
-                page.wait_for_selector("#sweep .main-svg", state="attached", timeout=15000)
-            finally:
-                browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(session) as url, chromium_page(errors, requests) as (_, page):
+        page.goto(url, wait_until="load")
+        page.wait_for_selector("body[data-eval-done]", timeout=15000)
+        rows = page.locator("#features tbody tr")
+        assert rows.count() >= 4
+        # the list is sorted by attribution: the planted distractors come first
+        first_ids = page.eval_on_selector_all(
+            "#features input.ablate",
+            "els => els.slice(0, 2).map(e => Number(e.dataset.id))",
+        )
+        assert sorted(first_ids) == sorted(ps.distractors)
+        before = page.inner_text("#after-R1")
+        assert float(before) == pytest.approx(expected_before, abs=1e-3)
+        assert page.inner_text("#before-R1") == before
+        done = page.get_attribute("body", "data-eval-done")
+        page.check(f"#features input.ablate[data-id='{ps.distractors[0]}']")
+        page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
+        after = page.inner_text("#after-R1")
+        assert float(after) == pytest.approx(expected_after, abs=1e-3)
+        assert after != before
+        assert page.inner_text("#n-ablated") == "1"
+        # the per-query view follows the setting
+        page.wait_for_selector("#top-after li:nth-child(5)")
+        assert page.locator("#top-after li").count() == 5
+        # switching ReAlign on recomputes with whitening
+        done = page.get_attribute("body", "data-eval-done")
+        page.select_option("#whiten", "realign")
+        page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
+        assert not page.is_disabled("#alpha")
+        assert float(page.inner_text("#after-R1")) == pytest.approx(expected_white, abs=1e-3)
+        # the sweep chart was drawn with plotly (served locally)
+        page.wait_for_selector("#sweep .main-svg", state="attached", timeout=15000)
     assert not errors, errors
     assert all(u.startswith(url) for u in requests), requests
 
@@ -131,16 +102,10 @@ def _point_of(page, concept: int):
     return page.locator("#scatter .scatterlayer .trace").nth(k).locator(".points path").nth(j)
 
 
-@pytest.mark.browser
+@browser_test
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"Debian chromium not installed at {CHROMIUM} (apt-get install -y chromium)",
-)
 def test_run_folder_page(run_dir, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    from saeprobe.explorer import RunExplorer, serve_in_thread
+    from saeprobe.explorer import RunExplorer
 
     app = RunExplorer(run_dir)
     app.prepare()
@@ -159,94 +124,83 @@ def test_run_folder_page(run_dir, tmp_path):
             for it in app.card(concept=sc["id"][j])["items"]
         )
     )
-    server, url = serve_in_thread(app)
     errors: list[str] = []
     requests: list[str] = []
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1360, "height": 1180})
-                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.on("request", lambda r: requests.append(r.url))
-                page.goto(url, wait_until="load")
-                page.wait_for_selector("body[data-eval-done]", timeout=20000)
-                page.wait_for_selector("body[data-scatter-done]", timeout=20000)
-                # two models and two tasks: menus
-                assert page.locator("#model option").count() == 2
-                assert page.locator("#task option").count() == 2
-                # click a scatter point: its card opens with images and heatmaps
-                point = _point_of(page, concept)
-                box = point.bounding_box()
-                page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-                page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-                page.wait_for_selector(f"body[data-card-done='{concept}']", timeout=15000)
-                assert page.inner_text("#card h3").startswith(f"Concept {concept}")
-                assert page.locator("#card .top-item img").count() >= 1
-                assert page.locator("#card .heat .cell").count() >= 4
-                wait_until(
-                    page,
-                    "() => [...document.querySelectorAll('#card img')].every(i => i.complete && i.naturalWidth > 0)",
-                )
-                assert "card=" in page.url
-                # tick the top 5 distractors: the shown Recall is the library's
-                done = page.get_attribute("body", "data-eval-done")
-                page.fill("#top-n", "5")
-                page.click("#tick-top")
-                page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
-                assert float(page.inner_text("#after-R1")) == pytest.approx(want["R@1"], abs=1e-3)
-                assert float(page.inner_text("#after-MRR")) == pytest.approx(want["MRR"], abs=1e-3)
-                assert page.inner_text("#n-ablated") == "5"
-                checked = page.eval_on_selector_all(
-                    "#features input.ablate:checked", "els => els.map(e => Number(e.dataset.id))"
-                )
-                assert sorted(checked) == sorted(top5)
-                # the per-query view shows thumbnails, the relevant candidate marked
-                page.wait_for_selector("#top-after li:nth-child(5) img")
-                assert page.locator("#top-after li img").count() == 5
-                assert page.locator("#top-after li.relevant, #top-before li.relevant").count() >= 1
-                # ReAlign on, then move the alpha slider: recomputed live
-                done = page.get_attribute("body", "data-eval-done")
-                page.select_option("#whiten", "realign")
-                page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
-                done = page.get_attribute("body", "data-eval-done")
-                page.locator("#alpha").fill("0.3")
-                page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
-                wait_until(
-                    page, "() => document.getElementById('status').textContent.includes('ablated')"
-                )
-                assert page.inner_text("#alpha-value") == "0.30"
-                assert float(page.inner_text("#after-R1")) == pytest.approx(
-                    want_white["R@1"], abs=1e-3
-                )
-                assert "alpha=0.3" in page.url and "whiten=realign" in page.url
-                # the URL is the view: reloading it restores the setting and the card
-                shared = page.url
-                page2 = browser.new_page(viewport={"width": 1360, "height": 1500})
-                page2.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                page2.goto(shared, wait_until="load")
-                page2.wait_for_selector(f"body[data-card-done='{concept}']", timeout=20000)
-                page2.wait_for_selector("body[data-eval-done]", timeout=20000)
-                assert page2.inner_text("#after-R1") == page.inner_text("#after-R1")
-                assert page2.input_value("#alpha") == "0.3"
-                # export downloads the selection and its metrics
-                with page.expect_download() as dl:
-                    page.click("#export")
-                exported = json.loads(Path(dl.value.path()).read_text())
-                assert exported["setting"]["ablate"] == sorted(top5)
-                assert exported["metrics"]["R@1"] == pytest.approx(want_white["R@1"])
-                page.wait_for_timeout(300)
-                shot = page.screenshot(full_page=False)
-                (tmp_path / "explorer.png").write_bytes(shot)
-                if os.environ.get("SAEPROBE_UPDATE_SCREENSHOTS") == "1":
-                    from saeprobe.atomic import atomic_write_bytes
+    with (
+        serving(app) as url,
+        chromium_page(errors, requests, viewport={"width": 1360, "height": 1180}) as (
+            browser,
+            page,
+        ),
+    ):
+        page.goto(url, wait_until="load")
+        page.wait_for_selector("body[data-eval-done]", timeout=20000)
+        page.wait_for_selector("body[data-scatter-done]", timeout=20000)
+        # two models and two tasks: menus
+        assert page.locator("#model option").count() == 2
+        assert page.locator("#task option").count() == 2
+        # click a scatter point: its card opens with images and heatmaps
+        point = _point_of(page, concept)
+        box = point.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_selector(f"body[data-card-done='{concept}']", timeout=15000)
+        assert page.inner_text("#card h3").startswith(f"Concept {concept}")
+        assert page.locator("#card .top-item img").count() >= 1
+        assert page.locator("#card .heat .cell").count() >= 4
+        wait_until(
+            page,
+            "() => [...document.querySelectorAll('#card img')].every(i => i.complete && i.naturalWidth > 0)",
+        )
+        assert "card=" in page.url
+        # tick the top 5 distractors: the shown Recall is the library's
+        done = page.get_attribute("body", "data-eval-done")
+        page.fill("#top-n", "5")
+        page.click("#tick-top")
+        page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
+        assert float(page.inner_text("#after-R1")) == pytest.approx(want["R@1"], abs=1e-3)
+        assert float(page.inner_text("#after-MRR")) == pytest.approx(want["MRR"], abs=1e-3)
+        assert page.inner_text("#n-ablated") == "5"
+        checked = page.eval_on_selector_all(
+            "#features input.ablate:checked", "els => els.map(e => Number(e.dataset.id))"
+        )
+        assert sorted(checked) == sorted(top5)
+        # the per-query view shows thumbnails, the relevant candidate marked
+        page.wait_for_selector("#top-after li:nth-child(5) img")
+        assert page.locator("#top-after li img").count() == 5
+        assert page.locator("#top-after li.relevant, #top-before li.relevant").count() >= 1
+        # ReAlign on, then move the alpha slider: recomputed live
+        done = page.get_attribute("body", "data-eval-done")
+        page.select_option("#whiten", "realign")
+        page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
+        done = page.get_attribute("body", "data-eval-done")
+        page.locator("#alpha").fill("0.3")
+        page.wait_for_selector(f"body:not([data-eval-done='{done}'])", timeout=15000)
+        wait_until(page, "() => document.getElementById('status').textContent.includes('ablated')")
+        assert page.inner_text("#alpha-value") == "0.30"
+        assert float(page.inner_text("#after-R1")) == pytest.approx(want_white["R@1"], abs=1e-3)
+        assert "alpha=0.3" in page.url and "whiten=realign" in page.url
+        # the URL is the view: reloading it restores the setting and the card
+        shared = page.url
+        page2 = browser.new_page(viewport={"width": 1360, "height": 1500})
+        watch_console(page2, errors)
+        page2.goto(shared, wait_until="load")
+        page2.wait_for_selector(f"body[data-card-done='{concept}']", timeout=20000)
+        page2.wait_for_selector("body[data-eval-done]", timeout=20000)
+        assert page2.inner_text("#after-R1") == page.inner_text("#after-R1")
+        assert page2.input_value("#alpha") == "0.3"
+        # export downloads the selection and its metrics
+        with page.expect_download() as dl:
+            page.click("#export")
+        exported = json.loads(Path(dl.value.path()).read_text())
+        assert exported["setting"]["ablate"] == sorted(top5)
+        assert exported["metrics"]["R@1"] == pytest.approx(want_white["R@1"])
+        page.wait_for_timeout(300)
+        shot = page.screenshot(full_page=False)
+        (tmp_path / "explorer.png").write_bytes(shot)
+        if os.environ.get("SAEPROBE_UPDATE_SCREENSHOTS") == "1":
+            from saeprobe.atomic import atomic_write_bytes
 
-                    atomic_write_bytes(SCREENSHOT, shot, what="screenshot")
-            finally:
-                browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+            atomic_write_bytes(SCREENSHOT, shot, what="screenshot")
     assert not errors, errors
     assert all(u.startswith(url) or u.startswith("blob:") for u in requests), requests

@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+from tests.helpers import browser_test, build_inputs, chromium_page, run_cli
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"Debian chromium not installed at {CHROMIUM} (make browser-deps)",
-)
+@browser_test
 def test_report_renders_every_figure(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    from tests.helpers import build_inputs, run_cli
-
     inputs = build_inputs(tmp_path / "in")
     layer = tmp_path / "layer.json"
     layer.write_text(
@@ -50,23 +31,15 @@ def test_report_renders_every_figure(tmp_path):
 
     errors: list[str] = []
     requests: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto((out / "report.html").as_uri(), wait_until="load")
-            ids = page.eval_on_selector_all(
-                "div.figure > div > div[id^=fig-]", "els => els.map(e => e.id)"
-            )
-            assert len(ids) == 7, ids
-            for fid in ids:
-                page.wait_for_selector(f"#{fid} .main-svg", state="attached", timeout=15000)
-                n = page.eval_on_selector(f"#{fid}", "e => e.querySelectorAll('.main-svg').length")
-                assert n >= 1, fid
-        finally:
-            browser.close()
+    with chromium_page(errors, requests) as (_, page):
+        page.goto((out / "report.html").as_uri(), wait_until="load")
+        ids = page.eval_on_selector_all(
+            "div.figure > div > div[id^=fig-]", "els => els.map(e => e.id)"
+        )
+        assert len(ids) == 7, ids
+        for fid in ids:
+            page.wait_for_selector(f"#{fid} .main-svg", state="attached", timeout=15000)
+            n = page.eval_on_selector(f"#{fid}", "e => e.querySelectorAll('.main-svg').length")
+            assert n >= 1, fid
     assert not errors, errors
     assert all(u.startswith(("file:", "data:")) for u in requests), requests

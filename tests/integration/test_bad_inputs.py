@@ -62,16 +62,26 @@ def _one_line_error(capsys, command: str) -> str:
     return err[0]
 
 
+def _assert_usage_error(capsys, argv: list[str]) -> None:
+    """``saeprobe ARGV`` exits with code 2 (returned, or raised by argparse for a value it
+    cannot parse) and prints one error line naming the command (``argv[0]``)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    _one_line_error(capsys, argv[0])
+
+
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory):
     """A tiny model folder (config only is read), a photo folder, a finished store and an
     earlier output folder whose bytes must never change."""
-    from saeprobe.cli.demo import make_folder
-    from saeprobe.testing import build_tiny_model
+    from saeprobe.testing import build_tiny_model, write_photo_folder
 
     root = tmp_path_factory.mktemp("bad_inputs")
     model = build_tiny_model("qwen2_vl", root / "model")
-    photos = make_folder(root / "photos")
+    photos = write_photo_folder(root / "photos")
     tiny_store(root / "store")
     earlier = root / "earlier"
     earlier.mkdir()
@@ -143,12 +153,7 @@ def test_bad_capture_arguments(fixtures, bad, capsys, no_model):
     before = _digest(fixtures["earlier"])
     argv = ["capture", "--model", str(fixtures["model"]), "--data", str(fixtures["photos"]),
             "--out", str(out), *bad]  # fmt: skip
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # a value argparse cannot parse
-        code = exc.code
-    assert code == 2
-    _one_line_error(capsys, "capture")
+    _assert_usage_error(capsys, argv)
     assert not out.exists()
     assert _digest(fixtures["earlier"]) == before
 
@@ -171,12 +176,7 @@ def test_bad_train_arguments(fixtures, bad, capsys):
     before = _digest(out)
     argv = ["train", "--activations", str(fixtures["store"]), "--out", str(out), "--width", "64",
             "--epochs", "1", "--no-progress", *bad]  # fmt: skip
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # a value argparse cannot parse
-        code = exc.code
-    assert code == 2
-    _one_line_error(capsys, "train")
+    _assert_usage_error(capsys, argv)
     assert _digest(out) == before
 
 

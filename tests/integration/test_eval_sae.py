@@ -11,6 +11,7 @@ import torch
 from sae_training.evaluate import evaluate_splice
 from saeprobe import Item, Modality
 from saeprobe.sae import SAEConfig, create_sae
+from tests.helpers import identity_topk
 
 pytestmark = pytest.mark.integration
 
@@ -47,17 +48,6 @@ def adapter(model_dir):
     return load_model(str(model_dir), dtype="float32")
 
 
-def _identity_sae(d: int):
-    """Top-K with c = 2d, k = d, encoder = dictionary = [I; -I]: x_hat == x exactly."""
-    sae = create_sae(SAEConfig(arch="topk", d_in=d, d_sae=2 * d, k=d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye]))
-        sae.W_dec.copy_(torch.cat([eye, -eye]))
-        sae.b_enc.zero_()
-    return sae
-
-
 def _zero_sae(d: int):
     sae = create_sae(SAEConfig(arch="topk", d_in=d, d_sae=2 * d, k=4))
     with torch.no_grad():
@@ -85,7 +75,7 @@ def _hf_loss(adapter, items) -> float:
 def test_identity_sae_recovers_everything_and_zero_sae_nothing(adapter, hook):
     items = _items(5)
     d = adapter.d_model
-    perfect = evaluate_splice(adapter, _identity_sae(d), items, hook, batch_size=5)
+    perfect = evaluate_splice(adapter, identity_topk(d), items, hook, batch_size=5)
     assert perfect.n_items == 5 and perfect.n_tokens > 20
     assert perfect.fvu < 1e-10
     assert perfect.ce_sae == pytest.approx(perfect.ce_clean, abs=1e-5)
@@ -138,7 +128,7 @@ def test_eval_sae_cli(adapter, model_dir, tmp_path, capsys):
     from saeprobe.cli import main
 
     sae_dir = tmp_path / "sae"
-    _identity_sae(adapter.d_model).save(sae_dir)
+    identity_topk(adapter.d_model).save(sae_dir)
     data = tmp_path / "texts.txt"
     data.write_text("\n".join(it.text for it in _items(6) if it.text) + "\n")
     out = tmp_path / "eval.json"
@@ -178,7 +168,7 @@ def test_eval_sae_cli_store_metrics_and_card(adapter, model_dir, tmp_path, capsy
 
     d = adapter.d_model
     sae_dir = tmp_path / "sae"
-    _identity_sae(d).save(sae_dir)
+    identity_topk(d).save(sae_dir)
     x = torch.randn(40, d, generator=torch.Generator().manual_seed(3))
     with ActivationStoreWriter(tmp_path / "store", d=d, dtype="fp32", fingerprint="f") as w:
         w.add(x, torch.arange(40) // 4, torch.arange(40) % 4, torch.zeros(40, dtype=torch.long),

@@ -29,13 +29,7 @@ from saeprobe.run import RunError, RunFolder
 from saeprobe.testing.run import build_tiny_run
 from saeprobe.whitening import realign
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,13 @@ def clip(tiny_models):
     return tiny_models("clip")
 
 
+def _cli(command: str, model, folder, cache, out, *extra: str) -> int:
+    """``saeprobe COMMAND --model MODEL --data FOLDER --cache CACHE --out OUT EXTRA...``
+    in-process; returns the exit code."""
+    common = ["--model", str(model), "--data", str(folder), "--cache", str(cache)]
+    return main([*command.split(), *common, "--out", str(out), *extra])
+
+
 def _hf_mean_pooled(adapter, item):
     """The paper's embedding from HF outputs: mean of hidden_states[-1] over attended tokens."""
     batch = adapter.encode([item]).to(adapter.device)
@@ -47,23 +54,7 @@ def test_retrieve_mllm_end_to_end(workdir, qwen, capsys, monkeypatch):
     folder = build_task_folder(workdir, 8, n_queries=4, n_corpus=6, name="mbeir_tiny_task8")
     cache = workdir / "cache_qwen"
     out = workdir / "qwen.json"
-    rc = main(
-        [
-            "retrieve",
-            "--model",
-            str(qwen),
-            "--data",
-            str(folder),
-            "--cache",
-            str(cache),
-            "--whiten",
-            "realign,zca",
-            "--batch-size",
-            "3",
-            "--out",
-            str(out),
-        ]
-    )
+    rc = _cli("retrieve", qwen, folder, cache, out, "--whiten", "realign,zca", "--batch-size", "3")
     assert rc == 0
     printed = capsys.readouterr().out
     assert "task 8" in printed and "realign" in printed and "R@10" in printed
@@ -95,21 +86,7 @@ def test_retrieve_mllm_end_to_end(workdir, qwen, capsys, monkeypatch):
         raise AssertionError("model forward on a cached run")
 
     monkeypatch.setattr(retrieval, "embed_items", no_forward)
-    rc = main(
-        [
-            "retrieve",
-            "--model",
-            str(qwen),
-            "--data",
-            str(folder),
-            "--cache",
-            str(cache),
-            "--whiten",
-            "pca,oas",
-            "--out",
-            str(workdir / "qwen2.json"),
-        ]
-    )
+    rc = _cli("retrieve", qwen, folder, cache, workdir / "qwen2.json", "--whiten", "pca,oas")
     assert rc == 0
     res2 = json.loads((workdir / "qwen2.json").read_text())
     assert set(res2["results"]) == {"base", "pca", "oas"}
@@ -128,21 +105,7 @@ def test_retrieve_dual_encoder_fusion(workdir, clip):
 
     folder = build_task_folder(workdir, 3, n_queries=3, n_corpus=5, name="mbeir_tiny_task2")
     out = workdir / "clip.json"
-    rc = main(
-        [
-            "retrieve",
-            "--model",
-            str(clip),
-            "--data",
-            str(folder),
-            "--cache",
-            "none",
-            "--whiten",
-            "realign",
-            "--out",
-            str(out),
-        ]
-    )
+    rc = _cli("retrieve", clip, folder, "none", out, "--whiten", "realign")
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["pool"] == "native" and set(res["results"]) == {"base", "realign"}
@@ -165,22 +128,7 @@ def test_sweeps_end_to_end(workdir, qwen):
     folder = build_task_folder(workdir, 1, n_queries=4, n_corpus=6, name="mbeir_tiny_task0")
     cache = workdir / "cache_sweep"
     out = workdir / "alpha.json"
-    rc = main(
-        [
-            "sweep",
-            "alpha",
-            "--model",
-            str(qwen),
-            "--data",
-            str(folder),
-            "--cache",
-            str(cache),
-            "--alphas",
-            "0,0.1,1",
-            "--out",
-            str(out),
-        ]
-    )
+    rc = _cli("sweep alpha", qwen, folder, cache, out, "--alphas", "0,0.1,1")
     assert rc == 0
     a = json.loads(out.read_text())
     assert a["x"] == [0.0, 0.1, 1.0] and a["x_name"] == "alpha"
@@ -188,37 +136,12 @@ def test_sweeps_end_to_end(workdir, qwen):
     assert "R@1" in a["baseline"]
     assert out.with_suffix(".html").exists()
     # alpha=0.1 of the sweep equals a plain retrieve run with ReAlign
-    rc = main(
-        [
-            "retrieve",
-            "--model",
-            str(qwen),
-            "--data",
-            str(folder),
-            "--cache",
-            str(cache),
-            "--out",
-            str(workdir / "r.json"),
-        ]
-    )
+    rc = _cli("retrieve", qwen, folder, cache, workdir / "r.json")
     r = json.loads((workdir / "r.json").read_text())["results"]["realign"]
     assert a["recall"]["5"][1] == r["R@5"] and a["mrr"][1] == r["MRR"]
 
     out = workdir / "layers.json"
-    rc = main(
-        [
-            "sweep",
-            "layers",
-            "--model",
-            str(qwen),
-            "--data",
-            str(folder),
-            "--cache",
-            str(cache),
-            "--out",
-            str(out),
-        ]
-    )
+    rc = _cli("sweep layers", qwen, folder, cache, out)
     assert rc == 0
     s = json.loads(out.read_text())
     from saeprobe.models import load_model

@@ -118,7 +118,7 @@ def test_empty_store_and_bad_limits_are_refused(tmp_path, capsys, qwen, photos):
 # ------------------------------------------------------------------ capture: 3, 6, 7, 8, 11
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from saeprobe.cli.demo import make_folder
+    from saeprobe.testing import write_photo_folder as make_folder
 
     return make_folder(tmp_path_factory.mktemp("photos") / "photos")
 
@@ -259,7 +259,8 @@ def test_train_checkpoint_on_a_full_disk(store, tmp_path, capsys, monkeypatch):
 def test_analyze_checks_item_ids_and_never_leaves_a_half_written_folder(
     qwen, photos, tmp_path, capsys, monkeypatch
 ):
-    from saeprobe.cli.demo import PHOTOS, make_folder
+    from saeprobe.testing import PHOTOS
+    from saeprobe.testing import write_photo_folder as make_folder
 
     model = qwen
     assert _capture(model, photos, tmp_path / "cap") == 0

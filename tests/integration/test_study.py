@@ -17,8 +17,9 @@ from saeprobe.study import check_results
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_models):
-    from saeprobe.cli.demo import PHOTOS, make_folder
     from saeprobe.data.mbeir import write_task_folder
+    from saeprobe.testing import PHOTOS
+    from saeprobe.testing import write_photo_folder as make_folder
 
     root = tmp_path_factory.mktemp("study")
     folder = make_folder(root / "photos")

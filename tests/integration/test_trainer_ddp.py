@@ -10,26 +10,15 @@ from sae_training import TrainConfig
 from sae_training.checkpoint import list_checkpoints, load_checkpoint
 from sae_training.sources import TensorSource
 from sae_training.trainer import train
+from tests.helpers import topk_run_kwargs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # default recipe minus AuxK (AuxK normalises by each shard's residual variance, which is not
 # a mean over tokens): b_dec from the (gathered) first global batch, warm-up + decay,
 # decoder bias, dead-latent counters from the union of the ranks' firing latents.
-CFG = dict(
-    arch="topk",
-    width=48,
-    k=4,
-    lr=3e-3,
-    batch_size=64,
-    epochs=2,
-    auxk_coeff=0.0,
-    warmup_steps=3,
-    dead_window_tokens=128,
-    log_interval=3,
-    ckpt_interval=100,
-    progress=False,
-    seed=5,
+CFG = topk_run_kwargs(
+    width=48, auxk_coeff=0.0, warmup_steps=3, log_interval=3, ckpt_interval=100, seed=5
 )
 
 

@@ -18,6 +18,7 @@ from sae_training import TrainConfig
 from sae_training.checkpoint import list_checkpoints, load_checkpoint
 from sae_training.sources import TensorSource
 from sae_training.trainer import train
+from tests.helpers import topk_run_kwargs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,20 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The default recipe exercises every piece of resumable state: AuxK with a dead mask
 # (counters), b_dec from data, LR warm-up and decay, Adam moments, mid-epoch data position.
-CFG = dict(
-    arch="topk",
-    width=64,
-    k=4,
-    lr=3e-3,
-    batch_size=64,
-    epochs=3,
-    warmup_steps=10,
-    dead_window_tokens=64,
-    ckpt_interval=5,
-    log_interval=5,
-    keep_checkpoints=2,
-    progress=False,
-    seed=3,
+CFG = topk_run_kwargs(
+    epochs=3, warmup_steps=10, dead_window_tokens=64, ckpt_interval=5, keep_checkpoints=2, seed=3
 )
 
 CHILD = textwrap.dedent(

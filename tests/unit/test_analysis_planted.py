@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis import AnalysisConfig, Pairs, analyze, similarity_decomposition
-from saeprobe.sae import SAEConfig, TopKSAE
+from tests.helpers import dictionary_topk
 
 pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
 
@@ -23,11 +23,7 @@ def planted():
     g = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(D_MODEL, C, generator=g))
     D = q.T.contiguous()  # [C, d] orthonormal rows
-    sae = TopKSAE(SAEConfig(arch="topk", d_in=D_MODEL, d_sae=C, k=4))
-    with torch.no_grad():
-        sae.W_dec.copy_(D)
-        sae.W_enc.copy_(D)
-        sae.b_enc.zero_()
+    sae = dictionary_topk(D, k=4)
 
     def side(own: list[int]) -> torch.Tensor:
         style = torch.tensor(own)[torch.randint(0, len(own), (P,), generator=g)]

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,28 +23,15 @@ from saeprobe.explorer import (
 from saeprobe.ranking import ranking_metrics, topk_search
 from saeprobe.whitening import realign
 
-ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK = ROOT / "notebooks" / "explore_distractors.ipynb"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU, OpenMP barriers make tiny ops
-    take milliseconds with 2 threads; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one intra-op thread: on a shared, oversubscribed CPU, OpenMP barriers make tiny ops take
+# milliseconds with 2 threads
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def planted():
+    """The planted retrieval problem of this module (``session`` is built on it)."""
     return planted_retrieval(n_pairs=40, seed=3)
-
-
-@pytest.fixture(scope="module")
-def session(planted):
-    return ExplorerSession(planted.sae, planted.data)
 
 
 def direct_metrics(q: torch.Tensor, c: torch.Tensor, relevant, ks=(1, 5, 10)) -> dict:
@@ -425,28 +410,3 @@ def test_cli_explore_wiring(tmp_path, planted):
     assert s.evaluate(planted.distractors).metrics == pytest.approx(
         ref.evaluate(planted.distractors).metrics
     )
-
-
-# ------------------------------------------------------------------ notebook
-def test_notebook_is_valid_and_runs(monkeypatch):
-    nb = json.loads(NOTEBOOK.read_text())
-    assert nb["nbformat"] == 4 and isinstance(nb["nbformat_minor"], int)
-    assert "kernelspec" in nb["metadata"] and isinstance(nb["cells"], list)
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert len(code) >= 4 and any(c["cell_type"] == "markdown" for c in nb["cells"])
-    for c in nb["cells"]:
-        assert {"cell_type", "metadata", "source"} <= set(c)
-        if c["cell_type"] == "code":
-            assert c["outputs"] == [] and c["execution_count"] is None  # outputs cleared
-    monkeypatch.setenv("SAEPROBE_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("SAEPROBE_NOTEBOOK_NO_WIDGETS", "1")
-    ns: dict = {"__name__": "__main__"}
-    t0 = time.perf_counter()
-    for i, cell in enumerate(code):
-        src = "".join(cell["source"])
-        exec(compile(src, f"<notebook cell {i}>", "exec"), ns)  # noqa: S102
-    assert time.perf_counter() - t0 < 15
-    # the notebook's own results: ablating the top distractors helps, ReAlign helps
-    assert ns["after"].metrics["R@1"] > ns["session"].baseline["R@1"]
-    assert len(ns["sweep"]["x"]) == len(ns["sweep"]["recall"]["1"])
-    assert os.environ["SAEPROBE_NOTEBOOK_SMALL"] == "1"

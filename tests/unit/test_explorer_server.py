@@ -12,29 +12,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
-from saeprobe.explorer import ExplorerSession, SingleSession, planted_retrieval, serve_in_thread
+from saeprobe.explorer import SingleSession, planted_retrieval, serve_in_thread
 from saeprobe.explorer.server import MAX_JSON_DEPTH, json_depth, make_server
 from saeprobe.testing.run import build_tiny_run
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def planted():
+    """The planted retrieval problem of this module (``session`` is built on it)."""
     return planted_retrieval(n_pairs=24, seed=2)
-
-
-@pytest.fixture(scope="module")
-def session(planted):
-    return ExplorerSession(planted.sae, planted.data)
 
 
 @pytest.fixture()
@@ -262,34 +251,23 @@ def test_bad_query_parameters(server):
         assert words in msg, (path, msg)
 
 
+def _post_evaluate_headers(port: int, headers: dict[str, str]):
+    """``POST /api/evaluate`` without a body, as JSON with the extra ``headers``."""
+    return req(
+        port, "POST", "/api/evaluate", None, headers={"Content-Type": "application/json", **headers}
+    )
+
+
 def test_size_limits(server):
     port = server.server_port
-    st, h, data = req(
-        port,
-        "POST",
-        "/api/evaluate",
-        None,
-        headers={"Content-Type": "application/json", "Content-Length": str(2 << 20)},
-    )
+    st, h, data = _post_evaluate_headers(port, {"Content-Length": str(2 << 20)})
     assert "exceeds" in assert_clean_error(st, data, 413)
     assert h.get("connection") == "close"
     st, _, data = req(port, "GET", "/api/features?q=" + "x" * 10_000)
     assert_clean_error(st, data, 414)
-    st, _, data = req(
-        port,
-        "POST",
-        "/api/evaluate",
-        None,
-        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-    )
+    st, _, data = _post_evaluate_headers(port, {"Transfer-Encoding": "chunked"})
     assert_clean_error(st, data, 411)
-    st, _, data = req(
-        port,
-        "POST",
-        "/api/evaluate",
-        None,
-        headers={"Content-Type": "application/json", "Content-Length": "-5"},
-    )
+    st, _, data = _post_evaluate_headers(port, {"Content-Length": "-5"})
     assert_clean_error(st, data, 400)
     big_header = {"X-Big": "y" * 70_000}
     st, _, _ = req(port, "GET", "/api/info", headers=big_header)

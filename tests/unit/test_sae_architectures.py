@@ -14,12 +14,7 @@ from saeprobe.sae.matryoshka import batch_topk_rows, resolve_widths
 D, C, K = 12, 48, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(n: int, d: int = 32, m: int = 128, active: int = 4, seed: int = 0):

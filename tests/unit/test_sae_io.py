@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from saeprobe.sae import SAEConfig, create_sae, load_sae, save_sae
+from saeprobe.sae import load_sae, save_sae
+from tests.helpers import random_sae
 
 D, C, K = 12, 40, 4
 
@@ -54,32 +55,16 @@ def overcomplete_topk():
 
 
 def _random_sae(arch, bias=True, pre=True, dtype="float32"):
+    """A random ``arch`` SAE with the given biases, every extra parameter non-zero."""
     from saeprobe.sae import SAE_REGISTRY
 
     k = K if SAE_REGISTRY[arch].k_required else None
-    cfg = SAEConfig(
-        arch=arch,
-        d_in=D,
-        d_sae=C,
-        k=k,
-        dtype=dtype,
-        use_decoder_bias=bias,
-        use_pre_encoder_bias=pre,
-        metadata={"model_name": "tiny", "hook_point": "final_norm"},
+    meta = {"model_name": "tiny", "hook_point": "final_norm"}
+    flags = {"use_decoder_bias": bias, "use_pre_encoder_bias": pre, "metadata": meta}
+    b_dec_std = 0.5 if bias else None
+    return random_sae(
+        arch, D, C, k, dtype=dtype, thresholds=(0.5, 0.25), b_dec_std=b_dec_std, **flags
     )
-    sae = create_sae(cfg)
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.3)
-        if bias:
-            sae.b_dec.normal_(0, 0.5)
-        if arch == "jumprelu":
-            sae.threshold.uniform_(0.0, 0.5)
-        if arch in ("batchtopk", "matryoshka_batchtopk"):
-            sae.threshold.fill_(0.25)
-        if arch == "gated":
-            sae.b_mag.normal_(0, 0.3)
-            sae.r_mag.normal_(0, 0.3)
-    return sae
 
 
 @pytest.mark.parametrize(

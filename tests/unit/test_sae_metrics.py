@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from saeprobe.sae import SAEConfig, create_sae
 from saeprobe.sae.metrics import (
     SAEBENCH_CATEGORIES,
     SAEMetrics,
@@ -23,6 +22,7 @@ from saeprobe.sae.metrics import (
     l0,
     saebench_nested,
 )
+from tests.helpers import identity_topk
 
 X = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])  # mean 0, total var 10
 
@@ -136,15 +136,6 @@ def test_saebench_grouping():
     assert "l0" in SAEBENCH_CATEGORIES["sparsity"]
 
 
-def _identity_topk(d: int):
-    sae = create_sae(SAEConfig(arch="topk", d_in=d, d_sae=2 * d, k=d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye]))
-        sae.W_dec.copy_(torch.cat([eye, -eye]))
-    return sae
-
-
 def test_evaluate_reconstruction_on_a_store(tmp_path):
     from sae_training.evaluate import evaluate_reconstruction
     from saeprobe import Modality
@@ -154,7 +145,7 @@ def test_evaluate_reconstruction_on_a_store(tmp_path):
     mods = torch.tensor([int(Modality.TEXT), int(Modality.IMAGE), int(Modality.SYSTEM)])
     with ActivationStoreWriter(tmp_path / "s", d=2, dtype="fp32", fingerprint="f") as w:
         w.add(x, torch.tensor([0, 0, 1]), torch.arange(3), torch.arange(3), mods.to(torch.int8))
-    sae = _identity_topk(2)
+    sae = identity_topk(2)
     res = evaluate_reconstruction(sae, tmp_path / "s")  # the SYSTEM token is dropped
     m = res.metrics
     assert res.n_tokens == 2 and m["fvu"] == pytest.approx(0.0, abs=1e-12)
@@ -168,4 +159,4 @@ def test_evaluate_reconstruction_on_a_store(tmp_path):
     full = evaluate_reconstruction(sae, tmp_path / "s", drop_system=False, max_tokens=3)
     assert full.n_tokens == 3
     with pytest.raises(ValueError, match="d_in=3"):
-        evaluate_reconstruction(_identity_topk(3), x)
+        evaluate_reconstruction(identity_topk(3), x)

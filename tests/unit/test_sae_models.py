@@ -13,6 +13,7 @@ from saeprobe.sae import (
     create_sae,
     geometric_median,
 )
+from tests.helpers import random_sae
 
 pytestmark = pytest.mark.numerics  # float tolerances: also run on the AVX2 code path
 
@@ -20,18 +21,8 @@ D, C, K = 12, 48, 5
 
 
 def _make(arch: str, k: int | None = K, **kw):
-    cfg = SAEConfig(arch=arch, d_in=D, d_sae=C, k=k, dtype="float64", **kw)
-    sae = create_sae(cfg)
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.3)
-        if arch == "jumprelu":
-            sae.threshold.uniform_(0.0, 0.4)
-        if arch in ("batchtopk", "matryoshka_batchtopk"):
-            sae.threshold.fill_(0.2)
-        if arch == "gated":
-            sae.b_mag.normal_(0, 0.3)
-            sae.r_mag.normal_(0, 0.3)
-    return sae
+    """A random float64 ``arch`` SAE (extra parameters non-zero; ``kw``: config fields)."""
+    return random_sae(arch, D, C, k, dtype="float64", **kw)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

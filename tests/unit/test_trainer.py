@@ -31,6 +31,20 @@ def planted(n: int, d: int = 32, m: int = 128, active: int = 4, seed: int = 0, d
     return z @ D, D
 
 
+def _paper(**overrides) -> TrainConfig:
+    """The paper's recipe on a small run (48 latents, k=4, 32-token batches, one epoch, no
+    progress bar); ``overrides`` win."""
+    base = dict(recipe="paper", width=48, k=4, batch_size=32, epochs=1, progress=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def _topk(**overrides) -> TrainConfig:
+    """A small Top-K run (k=4, lr 3e-3, 128-token batches, two epochs, two warm-up steps,
+    no progress bar); ``overrides`` win."""
+    base = dict(arch="topk", k=4, lr=3e-3, batch_size=128, epochs=2, warmup_steps=2, progress=False)
+    return TrainConfig(**{**base, **overrides})
+
+
 def fvu64(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     x, x_hat = x.double(), x_hat.double()
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
@@ -208,17 +222,7 @@ def _reference_paper_loop(x: torch.Tensor, steps: int, batch: int, width: int, k
 
 def test_paper_recipe_equals_reference_loop():
     x, _ = planted(6 * 64, d=16, m=48)
-    cfg = TrainConfig(
-        recipe="paper",
-        width=64,
-        k=5,
-        batch_size=64,
-        epochs=1,
-        seed=7,
-        shuffle=False,
-        progress=False,
-        fast=True,
-    )
+    cfg = _paper(width=64, k=5, batch_size=64, seed=7, shuffle=False, fast=True)
     res = train(cfg, TensorSource(x, shuffle=False))
     W_enc, b_enc, W_dec = _reference_paper_loop(x, 6, 64, 64, 5, seed=7)
     assert res.step == 6
@@ -245,18 +249,7 @@ def _batches(n_batches: int, bad: set[int], d: int = 16, b: int = 32):
 def test_nan_batches_are_skipped_and_counted(caplog):
     bad = {2, 5, 6}
     data = _batches(10, bad)
-    cfg = TrainConfig(
-        recipe="paper",
-        width=48,
-        k=4,
-        batch_size=32,
-        epochs=1,
-        lr=1e-3,
-        max_bad_batches=2,
-        max_bad_fraction=0.5,
-        progress=False,
-        log_interval=4,
-    )
+    cfg = _paper(lr=1e-3, max_bad_batches=2, max_bad_fraction=0.5, log_interval=4)
     with caplog.at_level("WARNING"):
         res = train(cfg, IterableSource(data))
     assert res.bad_batches == 3 and res.step == 7 and res.tokens == 7 * 32
@@ -271,9 +264,7 @@ def test_nan_batches_are_skipped_and_counted(caplog):
 
 
 def test_too_many_bad_batches_stop_with_clear_error():
-    cfg = TrainConfig(
-        recipe="paper", width=48, k=4, batch_size=32, epochs=1, progress=False, max_bad_batches=2
-    )
+    cfg = _paper(max_bad_batches=2)
     with pytest.raises(BadDataError, match="3 consecutive batches had NaN/Inf"):
         train(cfg, IterableSource(_batches(10, {3, 4, 5})))
     spread = {1, 3, 5, 7}  # never 3 in a row, but 4 of 8 > 10%
@@ -284,16 +275,7 @@ def test_too_many_bad_batches_stop_with_clear_error():
 
 def test_dimension_mismatch_is_an_immediate_error(tmp_path):
     x, _ = planted(64, d=16, m=40)
-    cfg = TrainConfig(
-        recipe="paper",
-        d_in=32,
-        width=48,
-        k=4,
-        batch_size=32,
-        epochs=1,
-        out_dir=str(tmp_path / "run"),
-        progress=False,
-    )
+    cfg = _paper(d_in=32, out_dir=str(tmp_path / "run"))
     with pytest.raises(ValueError, match="dimension mismatch: the data has d=16 .* d_in=32"):
         Trainer(cfg, x)
     assert not (tmp_path / "run").exists()  # failed before anything was written
@@ -347,19 +329,7 @@ def test_train_from_activation_store(tmp_path):
     src = StoreSource(tmp_path / "store", drop_system=True, seed=0)
     assert src.d == 16 and src.n_tokens() == 1024 - 64 * 2
     out = tmp_path / "sae"
-    cfg = TrainConfig(
-        arch="topk",
-        width=64,
-        k=4,
-        lr=3e-3,
-        batch_size=128,
-        epochs=2,
-        warmup_steps=2,
-        log_interval=5,
-        ckpt_interval=4,
-        progress=False,
-        out_dir=str(out),
-    )
+    cfg = _topk(width=64, log_interval=5, ckpt_interval=4, out_dir=str(out))
     res = train(cfg, tmp_path / "store")
     assert res.bad_batches == 0 and res.tokens == 2 * 896 and res.step == 2 * 7
     assert math.isfinite(res.metrics["fvu"])
@@ -388,17 +358,7 @@ def test_train_from_activation_store(tmp_path):
 
 def test_bf16_autocast_keeps_fp32_master_weights():
     x, _ = planted(1024, d=16, m=40)
-    base = TrainConfig(
-        arch="topk",
-        width=48,
-        k=4,
-        lr=3e-3,
-        batch_size=128,
-        epochs=2,
-        warmup_steps=2,
-        progress=False,
-        fast=False,
-    )
+    base = _topk(width=48, fast=False)
     fp32 = train(base, x)
     bf16 = train(base.replace(autocast="bf16"), x)
     assert all(p.dtype == torch.float32 for p in bf16.sae.parameters())
@@ -414,16 +374,7 @@ def test_prefetch_thread_is_exact_and_propagates_errors():
     from sae_training.trainer import prefetch
 
     x, _ = planted(640, d=16, m=40)
-    cfg = TrainConfig(
-        arch="topk",
-        width=48,
-        k=4,
-        lr=3e-3,
-        batch_size=64,
-        total_tokens=500,
-        warmup_steps=2,
-        progress=False,
-    )
+    cfg = _topk(width=48, batch_size=64, epochs=None, total_tokens=500)
     a = train(cfg, x)
     b = train(cfg.replace(prefetch_batches=2), x)
     assert a.step == b.step == 8

@@ -162,24 +162,27 @@ def test_streaming_equals_in_memory():
     torch.testing.assert_close(a.merge(b).covariance(), acc.covariance(), atol=1e-9, rtol=1e-6)
 
 
+def _cov64(X):
+    """Float64 ``(centred X, biased covariance s, mean eigenvalue of s)``."""
+    X = X.double()
+    xc = X - X.mean(0)
+    s = xc.T @ xc / X.shape[0]
+    return xc, s, torch.trace(s) / X.shape[1]
+
+
 def _lw64(X):
     """Ledoit-Wolf shrinkage intensity, float64, from its definition (sklearn's form)."""
-    X = X.double()
     n, d = X.shape
-    xc = X - X.mean(0)
-    s = xc.T @ xc / n
-    mu = torch.trace(s) / d
+    xc, s, mu = _cov64(X)
     delta = ((s - mu * torch.eye(d, dtype=torch.float64)) ** 2).sum() / d
     beta = sum(((torch.outer(x, x) - s) ** 2).sum() for x in xc) / (n * n) / d
     return float(min(beta, delta) / delta)
 
 
 def _oas64(X):
-    X = X.double()
+    """OAS shrinkage intensity, float64, from its definition (sklearn's form)."""
     n, d = X.shape
-    xc = X - X.mean(0)
-    s = xc.T @ xc / n
-    mu = torch.trace(s) / d
+    _, s, mu = _cov64(X)
     a = (s**2).mean()
     return float(min((a + mu**2) / ((n + 1) * (a - mu**2 / d)), 1.0))
 
