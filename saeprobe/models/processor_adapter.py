@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .._types import Item, Modality
-from ._labels import label_tokens
+from ._labels import label_tokens, system_turn_span
 from .base import EncodedBatch, ModelAdapter
 from .prompts import render_prompt
 
@@ -174,10 +174,10 @@ class ProcessorMLLMAdapter(ModelAdapter):
         modality = torch.full(input_ids.shape, int(Modality.TEMPLATE), dtype=torch.int8)
         for b, item in enumerate(items):
             text, span = self.pre_expand(texts[b], spans[b])
+            expanded = expand_string(text, replacements[b])
             expanded_span = None
             if span is not None:
                 expanded_span = shift_span(span, replacements[b])
-                expanded = expand_string(text, replacements[b])
                 got = expanded[expanded_span[0] : expanded_span[1]]
                 if got != (item.text or ""):
                     raise RuntimeError(
@@ -186,8 +186,14 @@ class ProcessorMLLMAdapter(ModelAdapter):
                         f"{type(self).__name__} expects"
                     )
             keep = attention_mask[b].bool()
+            # a default system turn of the chat template (e.g. SmolLM2's) is SYSTEM
+            system = system_turn_span(expanded, expanded_span[0] if expanded_span else None)
             modality[b, keep] = label_tokens(
-                offsets[b][keep], expanded_span, input_ids[b][keep], self.image_token_ids
+                offsets[b][keep],
+                expanded_span,
+                input_ids[b][keep],
+                self.image_token_ids,
+                system_end=system[1] if system else None,
             )
         inputs = {k: v for k, v in enc.items() if k not in _NON_MODEL_KEYS}
         inputs["attention_mask"] = attention_mask

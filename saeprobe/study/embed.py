@@ -91,13 +91,21 @@ def embed_tasks(
         layers.append("final_norm")
     n_items = sum(len(v) for v in rows.values())
     logger.info("embedding %d distinct inputs (%d task items)", len(unique), n_items)
+    # batches of like inputs (texts by length, then images, then image+text) pad little
+    order = sorted(range(len(unique)), key=lambda i: _length_key(unique[i]))
     table = embed_items(
         adapter,
-        unique,
+        [unique[i] for i in order],
         len(unique),
         layers=[] if dual else layers,
         pool="native" if dual else "mean",
         batch_size=batch_size,
         desc=f"embed {getattr(adapter, 'name_or_path', '')}"[:40],
     )
-    return EmbeddedTasks(layers, {k: v.float() for k, v in table.items()}, rows)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return EmbeddedTasks(layers, {k: v.float()[back] for k, v in table.items()}, rows)
+
+
+def _length_key(item: Item) -> tuple[int, int]:
+    return (item.image is not None, len(item.text or ""))

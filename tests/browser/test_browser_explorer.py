@@ -70,11 +70,9 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "explorer
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    from saeprobe.testing.run import build_tiny_run
-
-    # later: the `saeprobe demo --quick` run folder (a one-line swap)
-    return build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+def run_dir(demo_quick_run):
+    """The `saeprobe demo --quick` run folder: the demo LLaVA and CLIP on the scenes tasks."""
+    return demo_quick_run
 
 
 def wait_until(page, fn: str, timeout: float = 15.0) -> None:
@@ -109,7 +107,9 @@ def test_run_folder_page(run_dir, tmp_path):
 
     app = RunExplorer(run_dir)
     app.prepare()
-    session = app.session("tiny-qwen", "t2i")
+    model = app.run.models[0]  # what the page opens on: the first model and its first task
+    task = app.run.tasks(model)[0]
+    session = app.session(model, task)
     top5 = session.top_distractors(5)
     want = session.evaluate(top5).metrics
     want_white = session.evaluate(top5, whiten="realign", alpha=0.3).metrics
@@ -136,9 +136,9 @@ def test_run_folder_page(run_dir, tmp_path):
         page.goto(url, wait_until="load")
         page.wait_for_selector("body[data-eval-done]", timeout=20000)
         page.wait_for_selector("body[data-scatter-done]", timeout=20000)
-        # two models and two tasks: menus
-        assert page.locator("#model option").count() == 2
-        assert page.locator("#task option").count() == 2
+        # the run's models and tasks: menus
+        assert page.locator("#model option").count() == len(app.run.models) >= 2
+        assert page.locator("#task option").count() == len(app.run.tasks(model)) >= 2
         # click a scatter point: its card opens with images and heatmaps
         point = _point_of(page, concept)
         box = point.bounding_box()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from analysis import TAGS
@@ -75,6 +76,18 @@ def test_study_writes_a_run_folder_results_and_a_report(inputs, tmp_path, capsys
     assert run.models == ["qwen", "clip"]
     task = run.task("qwen", "mbeir_photos_task0")
     assert task.queries.shape[0] == 12 and task.task_type == 1 and task.relevant[0] == {0}
+    # each stored row is its own item's embedding (inputs are embedded sorted by length, then
+    # put back in task order): the paper's mean-pooled final_norm of the item alone
+    from saeprobe.capture import capture
+    from saeprobe.data.mbeir import open_mbeir
+    from saeprobe.models import load_model
+
+    adapter = load_model(inputs["models"][0].split("=", 1)[1])
+    queries = list(open_mbeir(inputs["tasks"][0]).queries)
+    for i in (0, 5, 11):
+        alone = capture(adapter, [queries[i]], ["final_norm"], tokens=False, progress=False)
+        ref = torch.nn.functional.normalize(alone.pooled["final_norm"]["mean"].float(), dim=1)[0]
+        assert torch.allclose(task.queries[i], ref, atol=1e-5), i
     assert run.items("mbeir_photos_task0-corpus").get("chelsea")["thumb"].is_file()
     assert (out / "report.html").read_text().count("<table>") >= 2
     assert (run.analysis_path("qwen") / "report.html").is_file()
