@@ -44,16 +44,23 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def demo_quick_run(tmp_path_factory):
-    """The run folder of ``saeprobe demo --quick`` (built once per session; read-only).
+    """The run folder of ``saeprobe demo --quick`` (the command itself, once per session;
+    read-only); what it printed is in ``demo_stdout.txt`` next to it.
 
     ``SAEPROBE_TEST_DEMO_RUN`` points at an existing one instead (for local iterations)."""
+    import contextlib
+    import io
     from pathlib import Path
 
     given = os.environ.get("SAEPROBE_TEST_DEMO_RUN")
     if given:
         return Path(given)
-    from saeprobe.demo.run import run_demo
+    from saeprobe.cli import main
 
     out = tmp_path_factory.mktemp("demo") / "quick"
-    run_demo(out, quick=True, progress=False)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--quick", "--out", str(out), "--no-progress"])
+    (out.parent / "demo_stdout.txt").write_text(printed.getvalue())
+    assert code == 0, printed.getvalue()
     return out
