@@ -3,6 +3,7 @@ headline table and the findings, stated as measured."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -121,3 +122,13 @@ def check_results(results: dict[str, Any]) -> None:
             _check_number(f"models.{name}.sae.{key}", m["sae"][key], 0, None)
     for stage, seconds in results["stages"].items():
         _check_number(f"stages.{stage}", seconds, 0, None)
+    for name, m in results["models"].items():
+        for j, d in enumerate(m["analysis"]["top_distractors"]):
+            if d["modality_score"] is not None:  # None: the concept never fired on the data
+                _check_number(
+                    f"models.{name}.top_distractors[{j}].modality_score", d["modality_score"], 0, 1
+                )
+    try:
+        json.dumps(results, allow_nan=False)
+    except ValueError:
+        raise ValueError("results.json: a value is NaN or infinite; use null") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ def _sweep_task(cfg: StudyConfig, tasks: dict[str, Any]) -> str | None:
     return t2i[0] if t2i else next(iter(tasks), None)
 
 
+def _finite_or_none(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 def _analysis_summary(result: Any, n: int) -> dict[str, Any]:
     """The parts of an :class:`analysis.AnalysisResult` results.json keeps."""
     ranking = (
@@ -70,13 +76,15 @@ def _analysis_summary(result: Any, n: int) -> dict[str, Any]:
                 "id": int(i),
                 "tag": result.tags[i],
                 "attribution": float(result.attribution.attribution[i]),
-                "modality_score": float(share[i]),
+                "modality_score": _finite_or_none(share[i]),  # None: never fired on --data
                 "energy_share": float(result.stats.energy_share[i]),
             }
             for i in ranking
         ],
         "ablation_sweep": result.sweep.to_dict() if result.sweep is not None else None,
-        "mean_pair_similarity": result.attribution.mean_similarity if result.attribution else None,
+        "mean_pair_similarity": _finite_or_none(result.attribution.mean_similarity)
+        if result.attribution
+        else None,
     }
 
 
