@@ -26,7 +26,14 @@ def cli_markdown() -> str:
             continue
         out += [f"## saeprobe {cmd}", "", "```text", sub.format_help().rstrip(), "```", ""]
         for inner_name, inner in _sub_parsers(sub).items():
-            out += [f"### saeprobe {cmd} {inner_name}", "", "```text", inner.format_help().rstrip(), "```", ""]
+            out += [
+                f"### saeprobe {cmd} {inner_name}",
+                "",
+                "```text",
+                inner.format_help().rstrip(),
+                "```",
+                "",
+            ]
     return "\n".join(out)
 
 

@@ -96,6 +96,7 @@ def build_tiny_run(out: str | Path, *, steps: int = 150, seed: int = 0) -> Path:
     from saeprobe.capture import capture
     from saeprobe.models import load_model
     from saeprobe.run import RunWriter
+
     from .tiny_models import build_tiny_model
 
     t0 = time.perf_counter()
