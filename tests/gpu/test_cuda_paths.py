@@ -9,14 +9,23 @@ import torch
 from saeprobe.models import load_model
 from saeprobe.ranking import topk_search
 from saeprobe.whitening import Whitener, realign
-from tests.integration.test_models_qwen import built  # noqa: F401 - a fixture
+from tests import adapter_checks as checks
 from tests.unit.test_sae_kernels import D, _run, _sae
 from tests.unit.test_whitening import _embeddings, _realign64
 
 pytestmark = pytest.mark.gpu
 
 
-def test_cuda_bf16_hooks_and_padding(built):  # noqa: F811
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny Qwen2-VL checkpoint and the mixed text / image / image + text items."""
+    from saeprobe.testing import build_tiny_model
+
+    path = build_tiny_model("qwen2_vl", tmp_path_factory.mktemp("qwen2_vl"))
+    return {"path": path, "items": checks.mixed_items(checks.LONG_TEXTS)}
+
+
+def test_cuda_bf16_hooks_and_padding(built):
     """On a GPU in bf16: hooks still equal hidden_states; padding changes little."""
     adapter = load_model(str(built["path"]), dtype="bf16", device="cuda")
     batch = adapter.encode(built["items"]).to(adapter.device)
