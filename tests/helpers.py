@@ -301,6 +301,22 @@ def build_inputs(root: Path, seed: int = 0) -> dict[str, Path]:
     return {"sae": sae_dir, "store": store_dir, "pairs": pairs, "dictionary": D, "sae_obj": sae}
 
 
+def cli_flags(**flags: Any) -> list[str]:
+    """``batch_size=96`` -> ``["--batch-size", "96"]``; ``True`` gives the bare flag."""
+    argv: list[str] = []
+    for name, value in flags.items():
+        argv.append("--" + name.replace("_", "-"))
+        if value is not True:
+            argv.append(str(value))
+    return argv
+
+
+def train_argv(store: Path, out: Path, **flags: Any) -> list[str]:
+    """``saeprobe train`` on ``store`` into ``out``, on the CPU without progress bars."""
+    return ["train", "--activations", str(store), "--out", str(out), "--no-progress",
+            "--device", "cpu", *cli_flags(**flags)]  # fmt: skip
+
+
 def run_cli(inputs: dict, out: Path, *extra: str) -> int:
     """``saeprobe analyze`` in-process on :func:`build_inputs`'s files."""
     from saeprobe.cli import main

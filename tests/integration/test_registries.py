@@ -22,7 +22,7 @@ from saeprobe.whitening import (
     available_methods,
     register_whitening,
 )
-from tests.helpers import tiny_store
+from tests.helpers import cli_flags, tiny_store, train_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,28 +56,9 @@ def toy_arch():
 def test_a_registered_architecture_trains_through_the_cli(toy_arch, tmp_path, capsys):
     tiny_store(tmp_path / "store")
     out = tmp_path / "sae"
-    argv = [
-        "train",
-        "--activations",
-        str(tmp_path / "store"),
-        "--arch",
-        "toy_threshold",
-        "--k",
-        "8",
-    ]
-    argv += ["--width", "48", "--out", str(out), "--batch-size", "64", "--epochs", "10"]
-    argv += [
-        "--lr",
-        "1e-2",
-        "--l1-coeff",
-        "0.01",
-        "--warmup-steps",
-        "2",
-        "--log-interval",
-        "1",
-        "--no-progress",
-    ]
-    argv += ["--device", "cpu"]
+    argv = train_argv(tmp_path / "store", out, arch="toy_threshold", k=8, width=48)
+    argv += cli_flags(batch_size=64, epochs=10, lr=1e-2, l1_coeff=0.01, warmup_steps=2)
+    argv += cli_flags(log_interval=1)
     assert main(argv) == 0
     assert "trained toy_threshold SAE (48 latents" in capsys.readouterr().out
     sae = load_sae(out)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from saeprobe.cli import main
-from tests.helpers import tiny_store
+from tests.helpers import cli_flags, tiny_store, train_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,34 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_train_cli_end_to_end_resume_and_errors(tmp_path, capsys):
     n_tok = tiny_store(tmp_path / "store")
     out = tmp_path / "sae"
-    argv = [
-        "train",
-        "--activations",
-        str(tmp_path / "store"),
-        "--arch",
-        "topk",
-        "--k",
-        "4",
-        "--width",
-        "64",
-        "--out",
-        str(out),
-        "--batch-size",
-        "96",
-        "--epochs",
-        "2",
-        "--lr",
-        "3e-3",
-        "--warmup-steps",
-        "2",
-        "--ckpt-interval",
-        "4",
-        "--log-interval",
-        "3",
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
+    argv = train_argv(tmp_path / "store", out, arch="topk", k=4, width=64, batch_size=96)
+    argv += cli_flags(epochs=2, lr="3e-3", warmup_steps=2, ckpt_interval=4, log_interval=3)
     assert main(argv) == 0
     printed = capsys.readouterr().out
     steps = 2 * -(-n_tok // 96)
