@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_dir, atomic_write_text
 from ..errors import SaeprobeError
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,9 @@ def update_manifest(weights_dir: str | os.PathLike = WEIGHTS_DIR) -> Path:
             rel = p.relative_to(root).as_posix()
             files[rel] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
     path = root / "manifest.json"
-    path.write_text(json.dumps({"format": 1, "files": files}, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        path, json.dumps({"format": 1, "files": files}, indent=2, sort_keys=True) + "\n"
+    )
     return path
 
 
@@ -230,24 +233,26 @@ def _complete(folder: Path) -> bool:
     return (folder / ".complete").is_file()
 
 
+class _BuiltMeanwhile(Exception):
+    """Another process completed the folder while this one was building it."""
+
+
 def _assemble(target: Path, build) -> Path:
-    """Run ``build(tmp_folder)`` and move the result to ``target`` atomically.
+    """Run ``build(staging_folder)`` and publish the result as ``target`` atomically.
 
     An existing complete ``target`` is reused; a half-written one (a killed run) is
-    replaced. Concurrent builders each write their own temporary folder; the first to
-    finish wins.
+    replaced. Concurrent builders each stage their own folder; the first to finish wins.
     """
     if _complete(target):
         return target
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
-        build(tmp)
-        (tmp / ".complete").write_text("ok\n")
-        if not _complete(target):
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
+        with atomic_dir(target, force=True, what="demo model cache folder") as stage:
+            build(stage)
+            (stage / ".complete").write_text("ok\n")
+            if _complete(target):
+                raise _BuiltMeanwhile
+    except _BuiltMeanwhile:
+        pass
     except OSError as exc:
         if _complete(target):
             return target
@@ -255,8 +260,6 @@ def _assemble(target: Path, build) -> Path:
             f"cannot write the demo model cache at {target.parent} ({exc.strerror or exc}); "
             "set SAEPROBE_CACHE to a writable folder with space or pass cache_dir=..."
         ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write, atomic_write_text
 from .scenes import Scene, captions, edit, hard_negatives, jitter, make_splits, render
 
 logger = logging.getLogger(__name__)
@@ -94,10 +95,8 @@ def _scene_json(scene: Scene) -> str:
 def _atomic_write_table(table, path: Path, row_group_size: int) -> None:
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    pq.write_table(table, tmp, row_group_size=max(1, row_group_size))
-    os.replace(tmp, path)
+    rows = max(1, row_group_size)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=rows), what="parquet")
 
 
 def write_coco_parquet(
@@ -286,7 +285,7 @@ def _write_task(out: Path, data: TaskData, image_size: int) -> Path:
                 "scene": e["scene"].to_dict(),
             }
             lines.append(json.dumps(row, sort_keys=True, separators=(",", ":")))
-    (out / "items.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(out / "items.jsonl", "\n".join(lines) + "\n")
     return out
 
 
@@ -419,7 +418,7 @@ def write_dataset(
         },
         "ood": str(ood.relative_to(root)),
     }
-    (root / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(root / "dataset.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
     return {"coco": coco, "mbeir": mbeir, "ood": ood, "sizes": info["sizes"]}
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from .evaluate import EVAL_SIZES
 
 logger = logging.getLogger(__name__)
@@ -385,7 +386,7 @@ def save(model, tok, out_dir: str | Path, cfg: ClipTrainConfig, history: dict) -
         "loss": [round(v, 4) for v in history["loss"]],
         "region_loss": [round(v, 4) for v in history["region_loss"]],
     }
-    (root / "clip-scenes.train.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(root / "clip-scenes.train.json", json.dumps(info, indent=2) + "\n")
     update_manifest(root)
     return folder
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from .evaluate import CAPTION_PROMPT, EVAL_SIZES, caption_quality
 from .train_clip import add_config_flags
 
@@ -340,7 +341,7 @@ def save(
     }
     settings.update({k: LLAVA_SETTINGS[k] for k in ("image_token", "gguf_file")})
     settings["prompt"] = cfg.prompt
-    (folder / "llava.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / "llava.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
     info = {
         "config": cfg.to_dict(),
         "n_trained": history["n_trained"],
@@ -356,7 +357,7 @@ def save(
         "test": history.get("test"),
         "loss": [round(v, 4) for v in history["loss"]],
     }
-    (root / "llava-scenes.train.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(root / "llava-scenes.train.json", json.dumps(info, indent=2) + "\n")
     update_manifest(root)
     return folder
 
