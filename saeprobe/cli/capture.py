@@ -118,8 +118,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(cfg, result, source, adapter, args) -> None:
-    from pathlib import Path
-
     print(f"captured {result.summary()}")
     for hook, path in result.stores.items():
         print(f"store ({hook}): {path}")
@@ -127,18 +125,29 @@ def _report(cfg, result, source, adapter, args) -> None:
     if summary:
         print(f"skipped {summary}")
     if args.run:
-        from saeprobe.run import RunWriter
+        _register(args, cfg, result, adapter)
 
-        name = _run_name(args, cfg)
-        w = RunWriter(args.run)
-        hook = next(iter(result.stores))
-        w.add_model(
-            name,
+
+def _register(args, cfg, result, adapter) -> None:
+    """Register the capture in the run folder: one model, or with several hook points one
+    model per hook point (``<name>-<hook>``), so the explorer offers each layer in its menu."""
+    from pathlib import Path
+
+    from saeprobe.run import RunWriter
+
+    name = _run_name(args, cfg)
+    w = RunWriter(args.run)
+    several = len(result.stores) > 1
+    for hook, store in result.stores.items():
+        model = f"{name}-{hook}" if several else name
+        folder = w.add_model(
+            model,
             path=cfg.model,
             kind="dual" if getattr(adapter, "is_dual_encoder", False) else "mllm",
             d=adapter.d_model,
             hook_point=hook,
             pool=cfg.pools[0],
-            parts={"store": str(Path(result.stores[hook]).resolve())},
         )
-        print(f"registered in run {args.run} as model {name!r}")
+        if Path(store).resolve() != (folder / "store").resolve():
+            w.set_part(model, "store", store)
+        print(f"registered in run {args.run} as model {model!r} ({hook})")

@@ -81,7 +81,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "with the base embedding: realign, zca, pca, ledoit_wolf, oas, abtt",
     )
     p.add_argument(
-        "--layer", default="final_norm", help="hook point: final_norm (the paper's) or resid_post.L"
+        "--layer",
+        default=None,
+        help="hook point: final_norm (the paper's; the default) or resid_post.L; with --run, the "
+        "default is the hook point the model was registered with",
     )
     p.add_argument("--out", default=None, help="results JSON path")
     add_run_flags(p, "add the task's embeddings and scores to")
@@ -141,7 +144,7 @@ def make_config(args: argparse.Namespace, methods: list[str]):
         eps=args.eps,
         stats=args.stats,
         pool=args.pool,
-        layer=getattr(args, "layer", "final_norm"),
+        layer=getattr(args, "layer", None) or "final_norm",
         batch_size=args.batch_size,
         depth=args.depth,
         device=args.device,
@@ -157,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         m = m.strip()
         if m and canonical_method(m) not in methods:
             methods.append(canonical_method(m))
+    args.layer = resolve_layer(args)
     config = make_config(args, methods)
     check_out(args.out, args.force)
     adapter, task, cache, rank = setup(args)
@@ -174,6 +178,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_name(args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    return args.name or Path(str(args.model).rstrip("/")).name
+
+
+def resolve_layer(args: argparse.Namespace) -> str:
+    """``--layer``, else (with ``--run``) the registered model's hook point, else
+    ``final_norm``; a layer other than the registered one is refused (one model, one layer)."""
+    from saeprobe.cli import CLIError
+    from saeprobe.run import RunFolder, is_run_folder
+
+    registered = None
+    if args.run and is_run_folder(args.run):
+        folder = RunFolder(args.run)
+        name = _run_name(args)
+        if name in folder.models:
+            registered = folder.model(name).get("hook_point")
+    if args.layer and registered and args.layer != registered:
+        raise CLIError(
+            f"model {name!r} of run {args.run} is at hook point {registered}, not "
+            f"{args.layer}; drop --layer, or pass --name for a model of that layer"
+        )
+    return args.layer or registered or "final_norm"
+
+
 def add_to_run(args: argparse.Namespace, adapter, task, result) -> str:
     """Register the model (when new) and the task's embeddings + scores in ``--run``."""
     from pathlib import Path
@@ -182,7 +212,7 @@ def add_to_run(args: argparse.Namespace, adapter, task, result) -> str:
     from saeprobe.run.layout import check_name
 
     writer = RunWriter(args.run)
-    name = args.name or Path(str(args.model).rstrip("/")).name
+    name = _run_name(args)
     if name not in writer.index["models"]:
         writer.add_model(
             name,

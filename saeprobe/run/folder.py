@@ -163,11 +163,11 @@ class RunFolder:
         self._need_model(model)
         head, _, rest = part.partition("/")
         moved = self.model(model).get("parts", {}).get(head)
-        p = (
-            (Path(moved) / rest if rest else Path(moved))
-            if moved
-            else model_dir(self.root, model) / part
-        )
+        if moved:
+            base = self.root / moved  # relative: inside the run folder
+            p = base / rest if rest else base
+        else:
+            p = model_dir(self.root, model) / part
         if not p.exists():
             shown = p.relative_to(self.root) if p.is_relative_to(self.root) else p
             raise RunError(f"run {self.root}: {shown} is missing; {hint}")

@@ -199,10 +199,15 @@ class RunWriter:
 
     def set_part(self, name: str, part: str, path: str | os.PathLike) -> None:
         """Record that ``part`` (``store`` / ``sae`` / ``analysis``) of model ``name`` lives at
-        ``path`` (outside ``models/<name>/``) in its ``model.json``."""
+        ``path`` (outside ``models/<name>/``) in its ``model.json`` (relative to the run folder
+        when inside it)."""
         folder = self.model_dir(name)
         meta = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
-        meta.setdefault("parts", {})[part] = str(Path(path).resolve())
+        where = Path(path).resolve()
+        root = self.root.resolve()
+        # inside the run: relative, so the run folder can be moved or copied whole
+        where = where.relative_to(root).as_posix() if where.is_relative_to(root) else str(where)
+        meta.setdefault("parts", {})[part] = where
         atomic_write_json(folder / MODEL_FILE, meta, what="model description")
 
     def model_dir(self, name: str) -> Path:

@@ -98,3 +98,54 @@ def test_run_flags_chain(qwen, tmp_path, capsys):
     # no --run and no --activations
     assert main(["train", "--out", str(tmp_path / "x")]) == 2
     assert "pass --activations" in capsys.readouterr().err
+
+
+def test_several_hook_points_become_one_model_per_layer(qwen, tmp_path, capsys):
+    """``capture --layers a,b --run RUN --name M`` registers ``M-a`` and ``M-b`` (the explorer
+    menu lists each with its hook point); the parts are recorded relative to the run, so a
+    copied run folder still finds them."""
+    import shutil
+
+    from saeprobe.explorer import RunExplorer
+    from saeprobe.run import RunFolder
+    from saeprobe.store import ActivationStore
+
+    run = tmp_path / "run"
+    photos = _photos(tmp_path / "photos", n=4)
+    argv = ["capture", "--model", str(qwen), "--data", str(photos), "--run", str(run)]
+    assert main([*argv, "--name", "tiny", "--layers", "1,final_norm", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    names = ["tiny-resid_post.1", "tiny-final_norm"]
+    for name in names:
+        assert f"as model {name!r}" in printed
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    folder = RunFolder(moved)
+    assert sorted(folder.models) == sorted(names)
+    for name in names:
+        hook = name.removeprefix("tiny-")
+        meta = folder.model(name)
+        assert meta["hook_point"] == hook
+        assert not meta["parts"]["store"].startswith("/")
+        store = folder.store_path(name)
+        assert store.is_relative_to(moved) and ActivationStore(store).metadata["hook_point"] == hook
+    menu = {m["name"]: m["hook_point"] for m in RunExplorer(moved).models()}
+    assert menu == {"tiny-resid_post.1": "resid_post.1", "tiny-final_norm": "final_norm"}
+    train = ["train", "--run", str(moved), "--name", "tiny-resid_post.1", "--arch", "topk"]
+    assert main([*train, "--k", "4", "--width", "32", "--epochs", "1", "--no-progress"]) == 0
+    assert (moved / "models" / "tiny-resid_post.1" / "sae" / "cfg.json").is_file()
+    # retrieve takes the registered model's layer, and refuses another one before embedding
+    from tests.helpers import build_task_folder
+
+    task_dir = build_task_folder(tmp_path, 1, n_queries=3, n_corpus=4, name="t2i")
+    retrieve = ["retrieve", "--model", str(qwen), "--data", str(task_dir), "--run", str(moved)]
+    retrieve += ["--name", "tiny-resid_post.1", "--cache", "none"]
+    capsys.readouterr()
+    assert main(retrieve) == 0
+    assert "layer=resid_post.1" in capsys.readouterr().out
+    saved = json.loads((moved / "models/tiny-resid_post.1/tasks/t2i/results.json").read_text())
+    assert saved["layer"] == "resid_post.1"
+    assert main([*retrieve, "--layer", "final_norm", "--task-name", "other"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is at hook point resid_post.1, not final_norm" in err and "\n" not in err
+    assert not (moved / "models/tiny-resid_post.1/tasks/other").exists()
