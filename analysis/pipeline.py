@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from saeprobe import Modality
-from saeprobe.atomic import atomic_write, atomic_write_text
+from saeprobe.atomic import atomic_write, atomic_write_parquet, atomic_write_text
 from saeprobe.jsonconfig import JSONConfig
 
 from .ablation import AblationSweep, ablation_sweep
@@ -359,13 +359,12 @@ def write_features(result: AnalysisResult, out_dir: str | os.PathLike) -> tuple[
     """Write ``features.parquet`` and ``features.csv`` (one row per concept) atomically."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
     out = Path(out_dir)
     cols = result.features()
     table = pa.table(cols)
     pq_path, csv_path = out / "features.parquet", out / "features.csv"
-    atomic_write(pq_path, lambda p: pq.write_table(table, p), what="features table")
+    atomic_write_parquet(pq_path, table, what="features table")
     atomic_write(csv_path, lambda p: pacsv.write_csv(table, p), what="features table")
     return pq_path, csv_path
 

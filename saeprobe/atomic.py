@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_write_parquet",
     "atomic_write_text",
     "fsync_dir",
     "is_temp_file",
@@ -175,6 +176,16 @@ def atomic_write_json(
     """Write ``obj`` as JSON (NaN allowed as in Python's json, ``default=str``) atomically."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str) + "\n"
     return atomic_write_text(path, text, what=what)
+
+
+def atomic_write_parquet(
+    path: str | os.PathLike, table: Any, *, what: str = "file", **options: Any
+) -> Path:
+    """Write a ``pyarrow.Table`` as parquet atomically (``options``: ``pq.write_table``'s,
+    e.g. ``row_group_size``)."""
+    import pyarrow.parquet as pq
+
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, **options), what=what)
 
 
 def atomic_save_safetensors(

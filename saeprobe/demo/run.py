@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_dir, atomic_write
+from ..atomic import atomic_dir, atomic_write_parquet
 from ..errors import SaeprobeError
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _keep_captions(path: Path, n: int) -> None:
     table = pq.read_table(path)
     i = table.schema.get_field_index("answer")
     table = table.set_column(i, "answer", pc.list_slice(table["answer"], 0, n))
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=256), what="parquet")
+    atomic_write_parquet(path, table, what="parquet", row_group_size=256)
 
 
 def demo_models(

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write, atomic_write_text
+from ..atomic import atomic_write_parquet, atomic_write_text
 from .scenes import Scene, captions, edit, hard_negatives, jitter, make_splits, render
 
 logger = logging.getLogger(__name__)
@@ -92,13 +92,6 @@ def _scene_json(scene: Scene) -> str:
     return json.dumps(scene.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
-def _atomic_write_table(table, path: Path, row_group_size: int) -> None:
-    import pyarrow.parquet as pq
-
-    rows = max(1, row_group_size)
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=rows), what="parquet")
-
-
 def write_coco_parquet(
     path: str | os.PathLike,
     scenes: list[Scene],
@@ -148,7 +141,7 @@ def write_coco_parquet(
         schema=schema,
     )
     out = Path(path)
-    _atomic_write_table(table, out, row_group_size)
+    atomic_write_parquet(out, table, what="parquet", row_group_size=max(1, row_group_size))
     return out
 
 

@@ -14,7 +14,12 @@ from typing import Any
 import torch
 
 from .._types import Item
-from ..atomic import atomic_save_safetensors, atomic_write, atomic_write_bytes, atomic_write_json
+from ..atomic import (
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+)
 from .layout import (
     EMBEDDINGS_FILE,
     FORMAT,
@@ -48,7 +53,6 @@ def write_items(folder: str | os.PathLike, items: Iterable[Item], thumb_size: in
     """Write ``items.parquet`` (id, kind, text, thumb, width, height) and a PNG thumbnail per
     image item under ``folder``; returns the number of items. Ids must be unique."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     folder = Path(folder)
     rows: dict[str, list] = {k: [] for k in ("id", "kind", "text", "thumb", "width", "height")}
@@ -73,7 +77,7 @@ def write_items(folder: str | os.PathLike, items: Iterable[Item], thumb_size: in
         ):
             rows[key].append(value)
     table = pa.table(rows)
-    atomic_write(folder / ITEMS_FILE, lambda tmp: pq.write_table(table, tmp), what="item table")
+    atomic_write_parquet(folder / ITEMS_FILE, table, what="item table")
     return len(rows["id"])
 
 

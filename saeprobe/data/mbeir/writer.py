@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..._types import Item
-from ...atomic import atomic_write
+from ...atomic import atomic_write_parquet
 
 __all__ = ["write_task_folder"]
 
@@ -68,9 +67,7 @@ def write_task_folder(
 
     def write(t: pa.Table, name: str) -> None:
         rows = max(1, min(1000, t.num_rows))
-        atomic_write(
-            out / name, lambda tmp: pq.write_table(t, tmp, row_group_size=rows), what="task file"
-        )
+        atomic_write_parquet(out / name, t, what="task file", row_group_size=rows)
 
     write(table(list(queries)), "query-00000-of-00001.parquet")
     n = len(corpus)
