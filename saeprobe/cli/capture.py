@@ -10,7 +10,7 @@ import argparse
 import logging
 
 from .flags import add_command, add_config_flags, config_from_args
-from .runflags import add_run_flags
+from .runflags import add_run_flags, name_or_folder
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +46,8 @@ def build_config(args: argparse.Namespace):
     base = json.loads(Path(args.config).read_text()) if args.config else {}
     cfg = config_from_args(CaptureConfig, args, args.config_dests, base)
     if args.run and not cfg.out:  # the store goes into the run folder
-        cfg.out = str(Path(args.run) / "models" / _run_name(args, cfg) / "store")
+        cfg.out = str(Path(args.run) / "models" / name_or_folder(args, cfg.model) / "store")
     return cfg.validate()
-
-
-def _run_name(args: argparse.Namespace, cfg) -> str:
-    from pathlib import Path
-
-    return args.name or Path(str(cfg.model).rstrip("/")).name
 
 
 def preflight(cfg) -> tuple:
@@ -131,16 +125,14 @@ def _report(cfg, result, source, adapter, args) -> None:
 def _register(args, cfg, result, adapter) -> None:
     """Register the capture in the run folder: one model, or with several hook points one
     model per hook point (``<name>-<hook>``), so the explorer offers each layer in its menu."""
-    from pathlib import Path
-
     from saeprobe.run import RunWriter
 
-    name = _run_name(args, cfg)
+    name = name_or_folder(args, cfg.model)
     w = RunWriter(args.run)
     several = len(result.stores) > 1
     for hook, store in result.stores.items():
         model = f"{name}-{hook}" if several else name
-        folder = w.add_model(
+        w.add_model(
             model,
             path=cfg.model,
             kind="dual" if getattr(adapter, "is_dual_encoder", False) else "mllm",
@@ -148,6 +140,5 @@ def _register(args, cfg, result, adapter) -> None:
             hook_point=hook,
             pool=cfg.pools[0],
         )
-        if Path(store).resolve() != (folder / "store").resolve():
-            w.set_part(model, "store", store)
+        w.set_part(model, "store", store)
         print(f"registered in run {args.run} as model {model!r} ({hook})")

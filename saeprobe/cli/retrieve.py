@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from .flags import add_command
-from .runflags import add_run_flags
+from .runflags import add_run_flags, name_or_folder
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def make_config(args: argparse.Namespace, methods: list[str]):
         eps=args.eps,
         stats=args.stats,
         pool=args.pool,
-        layer=getattr(args, "layer", None) or "final_norm",
+        layer=getattr(args, "layer", "final_norm"),
         batch_size=args.batch_size,
         depth=args.depth,
         device=args.device,
@@ -178,12 +178,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_name(args: argparse.Namespace) -> str:
-    from pathlib import Path
-
-    return args.name or Path(str(args.model).rstrip("/")).name
-
-
 def resolve_layer(args: argparse.Namespace) -> str:
     """``--layer``, else (with ``--run``) the registered model's hook point, else
     ``final_norm``; a layer other than the registered one is refused (one model, one layer)."""
@@ -193,7 +187,7 @@ def resolve_layer(args: argparse.Namespace) -> str:
     registered = None
     if args.run and is_run_folder(args.run):
         folder = RunFolder(args.run)
-        name = _run_name(args)
+        name = name_or_folder(args, args.model)
         if name in folder.models:
             registered = folder.model(name).get("hook_point")
     if args.layer and registered and args.layer != registered:
@@ -212,7 +206,7 @@ def add_to_run(args: argparse.Namespace, adapter, task, result) -> str:
     from saeprobe.run.layout import check_name
 
     writer = RunWriter(args.run)
-    name = _run_name(args)
+    name = name_or_folder(args, args.model)
     if name not in writer.index["models"]:
         writer.add_model(
             name,

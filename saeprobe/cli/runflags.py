@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_run_flags", "record_part", "run_default", "run_model_name"]
+__all__ = ["add_run_flags", "name_or_folder", "record_part", "run_default", "run_model_name"]
 
 
 def add_run_flags(p: argparse.ArgumentParser, what: str) -> None:
@@ -23,6 +23,11 @@ def add_run_flags(p: argparse.ArgumentParser, what: str) -> None:
         help="model name in the run folder (default: train / analyze: the run's only model; "
         "capture / retrieve: the --model folder name)",
     )
+
+
+def name_or_folder(args: argparse.Namespace, model: str) -> str:
+    """``--name``, or the ``--model`` folder name (capture / retrieve register new models)."""
+    return args.name or Path(str(model).rstrip("/")).name
 
 
 def run_model_name(args: argparse.Namespace) -> str:
@@ -56,10 +61,7 @@ def run_out(args: argparse.Namespace, part: str) -> str:
 
 
 def record_part(args: argparse.Namespace, part: str, path: str | Path) -> None:
-    """Note in ``model.json`` where ``part`` was written when that is not its default place."""
+    """Note in ``model.json`` where ``part`` was written (nothing for its default place)."""
     from saeprobe.run import RunWriter
 
-    path = Path(path).resolve()
-    if path == Path(run_out(args, part)).resolve():
-        return
     RunWriter(args.run).set_part(run_model_name(args), part, path)

@@ -202,16 +202,21 @@ class RunWriter:
         return folder
 
     def set_part(self, name: str, part: str, path: str | os.PathLike) -> None:
-        """Record that ``part`` (``store`` / ``sae`` / ``analysis``) of model ``name`` lives at
-        ``path`` (outside ``models/<name>/``) in its ``model.json`` (relative to the run folder
-        when inside it)."""
+        """Record in ``model.json`` that ``part`` (``store`` / ``sae`` / ``analysis``) of model
+        ``name`` lives at ``path``: relative to the run folder when inside it, nothing (an
+        earlier record dropped) when it is the default ``models/<name>/<part>``."""
         folder = self.model_dir(name)
         meta = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
         where = Path(path).resolve()
         root = self.root.resolve()
-        # inside the run: relative, so the run folder can be moved or copied whole
-        where = where.relative_to(root).as_posix() if where.is_relative_to(root) else str(where)
-        meta.setdefault("parts", {})[part] = where
+        parts = meta.setdefault("parts", {})
+        if where == (folder / part).resolve():
+            if parts.pop(part, None) is None:
+                return
+        else:  # inside the run: relative, so the run folder can be moved or copied whole
+            parts[part] = (
+                where.relative_to(root).as_posix() if where.is_relative_to(root) else str(where)
+            )
         atomic_write_json(folder / MODEL_FILE, meta, what="model description")
 
     def model_dir(self, name: str) -> Path:

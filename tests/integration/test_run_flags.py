@@ -149,3 +149,12 @@ def test_several_hook_points_become_one_model_per_layer(qwen, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "is at hook point resid_post.1, not final_norm" in err and "\n" not in err
     assert not (moved / "models/tiny-resid_post.1/tasks/other").exists()
+    # a part outside the run is recorded absolute; written back in its default place, the
+    # record goes (the reader must not follow a stale path)
+    from saeprobe.run import RunWriter
+
+    writer, name = RunWriter(moved), "tiny-final_norm"
+    writer.set_part(name, "sae", tmp_path / "elsewhere")
+    assert RunFolder(moved).model(name)["parts"]["sae"] == str((tmp_path / "elsewhere").resolve())
+    writer.set_part(name, "sae", moved / "models" / name / "sae")
+    assert "sae" not in RunFolder(moved).model(name)["parts"]
