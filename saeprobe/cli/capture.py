@@ -132,13 +132,6 @@ def _register(args, cfg, result, adapter) -> None:
     several = len(result.stores) > 1
     for hook, store in result.stores.items():
         model = f"{name}-{hook}" if several else name
-        w.add_model(
-            model,
-            path=cfg.model,
-            kind="dual" if getattr(adapter, "is_dual_encoder", False) else "mllm",
-            d=adapter.d_model,
-            hook_point=hook,
-            pool=cfg.pools[0],
-        )
+        w.add_adapter(model, adapter, path=cfg.model, hook_point=hook, pool=cfg.pools[0])
         w.set_part(model, "store", store)
         print(f"registered in run {args.run} as model {model!r} ({hook})")

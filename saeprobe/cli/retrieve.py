@@ -208,13 +208,8 @@ def add_to_run(args: argparse.Namespace, adapter, task, result) -> str:
     writer = RunWriter(args.run)
     name = name_or_folder(args, args.model)
     if name not in writer.index["models"]:
-        writer.add_model(
-            name,
-            path=args.model,
-            kind="dual" if getattr(adapter, "is_dual_encoder", False) else "mllm",
-            d=adapter.d_model,
-            hook_point=result.layer,
-            pool=result.pool,
+        writer.add_adapter(
+            name, adapter, path=args.model, hook_point=result.layer, pool=result.pool
         )
     task_name = check_name(args.task_name or Path(str(args.data).rstrip("/")).name, "task")
     q, c = result.embeddings

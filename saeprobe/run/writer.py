@@ -201,6 +201,11 @@ class RunWriter:
         self.save()
         return folder
 
+    def add_adapter(self, name: str, adapter: Any, *, path: str, **fields: Any) -> Path:
+        """:meth:`add_model` with ``kind`` and ``d`` read from a loaded model adapter."""
+        kind = "dual" if getattr(adapter, "is_dual_encoder", False) else "mllm"
+        return self.add_model(name, path=path, kind=kind, d=int(adapter.d_model), **fields)
+
     def set_part(self, name: str, part: str, path: str | os.PathLike) -> None:
         """Record in ``model.json`` that ``part`` (``store`` / ``sae`` / ``analysis``) of model
         ``name`` lives at ``path``: relative to the run folder when inside it, nothing (an

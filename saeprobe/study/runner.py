@@ -161,11 +161,10 @@ def _run(cfg: StudyConfig, out: Path, title: str, note: str, times: dict) -> Stu
         t0 = time.perf_counter()
         adapter = load_model(spec.path, dtype=cfg.model_dtype, device=cfg.device)
         dual = bool(getattr(adapter, "is_dual_encoder", False))
-        run.add_model(
+        run.add_adapter(
             spec.name,
+            adapter,
             path=spec.path,
-            kind="dual" if dual else "mllm",
-            d=int(adapter.d_model),
             hook_point="native" if dual else "final_norm",
             pool="native" if dual else "mean",
             items="analysis",
